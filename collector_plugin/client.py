@@ -1,0 +1,299 @@
+"""The async ModelArts API client shared by every source.
+
+One process-wide rate limiter (token bucket: requests/s with burst) and one concurrency limit;
+retries with exponential backoff and full jitter on 429 (honouring ``Retry-After``), 5xx,
+``APIG.0308``, ``ModelArts.6101`` and connection errors, never on other 4xx. Errors name the
+endpoint *path* (never a signed URL, never a signature). Responses are validated with pydantic
+models owned by the sources; a body that breaks its model raises :class:`ResponseFormatError`
+naming the endpoint and the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, ResponseFormatError
+from collector_plugin.telemetry import Metrics
+
+M = TypeVar("M", bound=BaseModel)
+
+RETRYABLE_CODES = frozenset({"APIG.0308", "ModelArts.6101"})
+AUTH_CODES_PREFIX = ("APIG.0301", "APIG.0302", "APIG.0303", "APIG.0304", "APIG.0305")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; ``max_attempts`` counts the first try."""
+
+    max_attempts: int = 6
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        cap = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
+        return random.uniform(cap / 2, cap)
+
+
+class RateLimiter:
+    """Token bucket shared by every request of the process."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> float:
+        """Take one token, sleeping if none is left; return the seconds waited."""
+        waited = 0.0
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return waited
+                pause = (1 - self._tokens) / self.rate
+                waited += pause
+                await asyncio.sleep(pause)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    code = body.get("error_code") or body.get("errorCode") or ""
+    msg = body.get("error_msg") or body.get("error_message") or body.get("errorMsg") or ""
+    return str(code), str(msg)[:500]
+
+
+def api_error(response: httpx.Response, endpoint: str) -> ApiError:
+    """Map an error answer to an ApiError, deciding whether a retry may help."""
+    code, msg = _error_fields(response)
+    status = response.status_code
+    retryable = status == 429 or status >= 500 or code in RETRYABLE_CODES
+    return ApiError(
+        endpoint=endpoint,
+        status=status,
+        error_code=code,
+        error_msg=msg,
+        retryable=retryable,
+        retry_after=_retry_after(response),
+    )
+
+
+def parse_model(model: type[M], data: Any, endpoint: str) -> M:
+    """Validate ``data`` against ``model``; name the first bad field in the error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ResponseFormatError(endpoint, field, first["msg"]) from None
+
+
+class ModelArtsClient:
+    """Async client for the ModelArts API (signed) and temporary OBS links (unsigned)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        project_id: str,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        rate_limit: float = 20.0,
+        burst: int = 40,
+        max_concurrency: int = 16,
+        metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.project_id = project_id
+        self.retry = retry or RetryPolicy()
+        self.metrics = metrics or Metrics()
+        self.limiter = RateLimiter(rate_limit, burst)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            limits=limits,
+            verify=verify,
+            follow_redirects=False,
+        )
+        self._obs = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits, verify=verify)
+
+    def path(self, template: str, **params: str | int) -> str:
+        """Fill ``{project_id}`` and the given path parameters (URL-quoted)."""
+        from urllib.parse import quote
+
+        values = {k: quote(str(v), safe="") for k, v in params.items()}
+        return template.format(project_id=quote(self.project_id, safe=""), **values)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._obs.aclose()
+
+    async def __aenter__(self) -> ModelArtsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str | int] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send a signed API request with retries and return the decoded JSON body.
+
+        ``endpoint`` is the path template used in metrics and errors (low cardinality, no ids).
+        """
+        content = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        req_headers = dict(headers or {})
+        if content is not None:
+            req_headers.setdefault("Content-Type", "application/json")
+        response = await self._send_with_retries(
+            endpoint, lambda: self._http.build_request(method, path, params=params, content=content, headers=req_headers)
+        )
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError):
+            kind = response.headers.get("content-type", "unknown content type")
+            raise ResponseFormatError(endpoint, "", f"body is not JSON ({kind}, {len(response.content)} bytes)") from None
+
+    async def get_model(
+        self,
+        path: str,
+        model: type[M],
+        *,
+        endpoint: str,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> M:
+        data = await self.request_json("GET", path, endpoint=endpoint, params=params, headers=headers)
+        return parse_model(model, data, endpoint)
+
+    async def post_model(self, path: str, body: Any, model: type[M], *, endpoint: str) -> M:
+        data = await self.request_json("POST", path, endpoint=endpoint, json_body=body)
+        return parse_model(model, data, endpoint)
+
+    @asynccontextmanager
+    async def stream_obs(self, url: str, start: int, end: int | None = None) -> AsyncIterator[httpx.Response]:
+        """Stream ``bytes=start-end`` of a temporary OBS link (no auth: the link is signed).
+
+        Raises :class:`ObsLinkExpired` on 403. The URL never appears in errors or metrics.
+        """
+        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end}"
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._throttle()
+            async with self._slots:
+                try:
+                    async with self._obs.stream("GET", url, headers={"Range": rng}) as response:
+                        if response.status_code == 403:
+                            self.metrics.api_requests.labels("obs", "expired").inc()
+                            raise ObsLinkExpired(endpoint="obs", status=403, error_msg="temporary link expired")
+                        if response.status_code >= 400 and response.status_code != 416:
+                            await response.aread()
+                            err = api_error(response, "obs")
+                            if err.retryable and attempt < self.retry.max_attempts:
+                                self.metrics.api_requests.labels("obs", f"retry_{response.status_code}").inc()
+                                await asyncio.sleep(err.retry_after or self.retry.delay(attempt))
+                                continue
+                            self.metrics.api_requests.labels("obs", "error").inc()
+                            raise err
+                        self.metrics.api_requests.labels("obs", "ok").inc()
+                        yield response
+                        return
+                except httpx.TransportError as exc:
+                    if attempt >= self.retry.max_attempts:
+                        self.metrics.api_requests.labels("obs", "connection_error").inc()
+                        raise ApiError(endpoint="obs", status=0, error_msg=type(exc).__name__) from None
+                    self.metrics.api_retries.labels("obs", "connection").inc()
+                    await asyncio.sleep(self.retry.delay(attempt))
+
+    async def _throttle(self) -> None:
+        waited = await self.limiter.acquire()
+        if waited:
+            self.metrics.throttle_wait_seconds.inc(waited)
+
+    async def _send_with_retries(self, endpoint: str, build: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._throttle()
+            try:
+                async with self._slots:
+                    response = await self._http.send(build())
+            except httpx.TransportError as exc:
+                reason = type(exc).__name__
+                if attempt >= self.retry.max_attempts:
+                    self.metrics.api_requests.labels(endpoint, "connection_error").inc()
+                    raise ApiError(endpoint=endpoint, status=0, error_msg=f"connection failed: {reason}") from None
+                self.metrics.api_retries.labels(endpoint, "connection").inc()
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            except AuthError:
+                self.metrics.api_requests.labels(endpoint, "auth_error").inc()
+                raise
+            if response.status_code < 400:
+                self.metrics.api_requests.labels(endpoint, "ok").inc()
+                return response
+            err = api_error(response, endpoint)
+            self.metrics.api_errors.labels(endpoint, err.error_code or str(err.status)).inc()
+            if err.retryable and attempt < self.retry.max_attempts:
+                self.metrics.api_retries.labels(endpoint, str(err.status)).inc()
+                pause = err.retry_after if err.retry_after is not None else self.retry.delay(attempt)
+                if err.retry_after:
+                    self.metrics.throttle_wait_seconds.inc(pause)
+                await asyncio.sleep(pause)
+                continue
+            self.metrics.api_requests.labels(endpoint, "error").inc()
+            if response.status_code in (401, 403) and not err.retryable:
+                raise AuthError(
+                    f"{endpoint}: HTTP {response.status_code} {err.error_code} {err.error_msg}".strip()
+                    + " (check the credentials and project_id)"
+                )
+            raise err
