@@ -194,13 +194,16 @@ class ModelArtsClient:
         if content is not None:
             req_headers.setdefault("Content-Type", "application/json")
         response = await self._send_with_retries(
-            endpoint, lambda: self._http.build_request(method, path, params=params, content=content, headers=req_headers)
+            endpoint,
+            lambda: self._http.build_request(method, path, params=params, content=content, headers=req_headers),
         )
         try:
             return response.json()
         except (ValueError, UnicodeDecodeError):
             kind = response.headers.get("content-type", "unknown content type")
-            raise ResponseFormatError(endpoint, "", f"body is not JSON ({kind}, {len(response.content)} bytes)") from None
+            raise ResponseFormatError(
+                endpoint, "", f"body is not JSON ({kind}, {len(response.content)} bytes)"
+            ) from None
 
     async def get_model(
         self,

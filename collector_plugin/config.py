@@ -67,9 +67,7 @@ class AuthConfig(_Strict):
         if "password" in methods and not (self.username and self.password and self.domain_name):
             raise ValueError("password login needs username, password and domain_name")
         if not methods:
-            raise ValueError(
-                f"no credentials: set ak and sk (or {ENV_AK} and {ENV_SK}), token, or username/password"
-            )
+            raise ValueError(f"no credentials: set ak and sk (or {ENV_AK} and {ENV_SK}), token, or username/password")
         return self
 
     @property
@@ -248,7 +246,7 @@ def _model_at(model: type[BaseModel], path: tuple[int | str, ...]) -> type[BaseM
             else:
                 return None
         while typing.get_origin(current) in (Union, types.UnionType):
-            current = [a for a in typing.get_args(current) if a is not type(None)][0]
+            current = next(a for a in typing.get_args(current) if a is not type(None))
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 

@@ -178,7 +178,11 @@ class LineMapper:
             severity_text="WARN",
             event_name=EVENT_LOG_GAP,
             shared=self.shared,
-            attributes={"modelarts.log.gap.start": start, "modelarts.log.gap.end": end, "modelarts.log.gap.reason": reason},
+            attributes={
+                "modelarts.log.gap.start": start,
+                "modelarts.log.gap.end": end,
+                "modelarts.log.gap.reason": reason,
+            },
             service=self.service,
         )
 

@@ -72,9 +72,7 @@ def load_sources(pm: pluggy.PluginManager | None = None) -> dict[str, Registered
             if not isinstance(name, str) or not name:
                 raise ValueError(f"plugin {_name}: source class {cls!r} has no 'name'")
             if name in registry:
-                raise ValueError(
-                    f"plugin {_name}: source {name!r} is already registered by {registry[name].plugin}"
-                )
+                raise ValueError(f"plugin {_name}: source {name!r} is already registered by {registry[name].plugin}")
             registry[name] = RegisteredSource(name, cls, _name, _origin(pm, _plugin))
 
         impl.function(register=register)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
-AttrValue = Union[str, bool, int, float, bytes, Sequence["AttrValue"], Mapping[str, "AttrValue"]]
+AttrValue = Union[str, bool, int, float, bytes, Sequence["AttrValue"], Mapping[str, "AttrValue"]]  # noqa: UP007 (recursive alias: `|` cannot take strings at runtime)
 EncodeAttrs = Callable[[tuple[tuple[str, AttrValue], ...]], bytes]
 
 SERVICE_TRAINING = "modelarts-training"

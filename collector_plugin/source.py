@@ -33,9 +33,7 @@ class SourceConfig(BaseModel):
 
     enabled: bool = True
     poll_interval: Duration = Field(default=5.0, description="Seconds between polls of one target.")
-    max_poll_interval: Duration = Field(
-        default=60.0, description="An idle target backs off up to this interval."
-    )
+    max_poll_interval: Duration = Field(default=60.0, description="An idle target backs off up to this interval.")
     start_at: Literal["beginning", "end"] = "end"
 
 
@@ -95,5 +93,6 @@ class Source(Protocol):
     def open(self, target: Any, cursor: str | None) -> Reader:
         """Return a reader for ``target`` that resumes after ``cursor`` (None: never read)."""
         ...
+
 
 __all__ = ["Reader", "Source", "SourceConfig", "SourceContext", "Span", "Target"]

@@ -6,9 +6,25 @@ in one process. Metric names follow Prometheus conventions with the prefix ``mod
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 PREFIX = "modelarts_receiver_"
+_log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -18,17 +34,31 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.api_requests = Counter(
-            PREFIX + "api_requests", "ModelArts API requests by endpoint and outcome.", ["endpoint", "outcome"], registry=r
+            PREFIX + "api_requests",
+            "ModelArts API requests by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
         )
         self.api_errors = Counter(
-            PREFIX + "api_errors", "ModelArts API error answers by error_code.", ["endpoint", "error_code"], registry=r
+            PREFIX + "api_errors",
+            "ModelArts API error answers by error_code.",
+            ["endpoint", "error_code"],
+            registry=r,
         )
-        self.api_retries = Counter(PREFIX + "api_retries", "Requests retried.", ["endpoint", "reason"], registry=r)
+        self.api_retries = Counter(
+            PREFIX + "api_retries", "Requests retried.", ["endpoint", "reason"], registry=r
+        )
         self.throttle_wait_seconds = Counter(
-            PREFIX + "throttle_wait_seconds", "Seconds spent waiting on the rate limit or Retry-After.", registry=r
+            PREFIX + "throttle_wait_seconds",
+            "Seconds spent waiting on the rate limit or Retry-After.",
+            registry=r,
         )
-        self.bytes_read = Counter(PREFIX + "bytes_read", "Log bytes read from the API.", ["source"], registry=r)
-        self.records_read = Counter(PREFIX + "records_read", "Records produced by sources.", ["source"], registry=r)
+        self.bytes_read = Counter(
+            PREFIX + "bytes_read", "Log bytes read from the API.", ["source"], registry=r
+        )
+        self.records_read = Counter(
+            PREFIX + "records_read", "Records produced by sources.", ["source"], registry=r
+        )
         self.records_exported = Counter(
             PREFIX + "records_exported", "Records acknowledged by the collector.", registry=r
         )
@@ -38,32 +68,189 @@ class Metrics:
             registry=r,
         )
         self.export_failures = Counter(
-            PREFIX + "export_failures", "Export attempts that failed (and were retried).", ["reason"], registry=r
+            PREFIX + "export_failures",
+            "Export attempts that failed (and were retried).",
+            ["reason"],
+            registry=r,
         )
         self.export_latency = Histogram(
             PREFIX + "export_latency_seconds", "Time from sending a batch to its acknowledgement.", registry=r
         )
         self.queue_records = Gauge(PREFIX + "queue_records", "Records waiting to be exported.", registry=r)
         self.target_lag_bytes = Gauge(
-            PREFIX + "target_lag_bytes", "Log bytes not yet read, per target.", ["source", "target"], registry=r
+            PREFIX + "target_lag_bytes",
+            "Log bytes not yet read, per target.",
+            ["source", "target"],
+            registry=r,
         )
         self.target_lag_seconds = Gauge(
-            PREFIX + "target_lag_seconds", "Age of the oldest unread event, per target.", ["source", "target"], registry=r
+            PREFIX + "target_lag_seconds",
+            "Age of the oldest unread event, per target.",
+            ["source", "target"],
+            registry=r,
         )
         self.checkpoint_commits = Counter(PREFIX + "checkpoint_commits", "Checkpoint commits.", registry=r)
         self.checkpoint_last_commit = Gauge(
-            PREFIX + "checkpoint_last_commit_timestamp_seconds", "Unix time of the last checkpoint commit.", registry=r
+            PREFIX + "checkpoint_last_commit_timestamp_seconds",
+            "Unix time of the last checkpoint commit.",
+            registry=r,
         )
         self.targets_discovered = Gauge(
             PREFIX + "targets_discovered", "Targets known per source.", ["source"], registry=r
         )
-        self.targets_active = Gauge(PREFIX + "targets_active", "Targets being polled per source.", ["source"], registry=r)
+        self.targets_active = Gauge(
+            PREFIX + "targets_active", "Targets being polled per source.", ["source"], registry=r
+        )
         self.target_errors = Counter(
             PREFIX + "target_errors", "Polls of a target that failed.", ["source", "error"], registry=r
         )
         self.gaps = Counter(
-            PREFIX + "gaps_detected", "Data the API no longer had (recorded as a gap record).", ["source"], registry=r
+            PREFIX + "gaps_detected",
+            "Data the API no longer had (recorded as a gap record).",
+            ["source"],
+            registry=r,
         )
         self.restarts_detected = Counter(
-            PREFIX + "log_restarts_detected", "Logs that became shorter than the cursor.", ["source"], registry=r
+            PREFIX + "log_restarts_detected",
+            "Logs that became shorter than the cursor.",
+            ["source"],
+            registry=r,
         )
+        self.checkpoint_age = Gauge(
+            PREFIX + "checkpoint_age_seconds",
+            "Seconds since the last checkpoint commit (0 before the first one).",
+            registry=r,
+        )
+        self.checkpoint_age.set_function(self._checkpoint_age)
+
+    def _checkpoint_age(self) -> float:
+        """Derived at scrape time so the age grows even while nothing commits."""
+        last = next(iter(self.checkpoint_last_commit.collect())).samples[0].value
+        return max(0.0, time.time() - last) if last > 0 else 0.0
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port)."""
+    host, sep, port_text = listen.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"telemetry.listen must look like host:port, not {listen!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class TelemetryServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on a small threaded HTTP server.
+
+    It runs in its own daemon thread so a scrape is answered even while the event loop is busy
+    catching up. ``ready`` is called on every ``/readyz`` and returns (ready, reason); the reason
+    is the 503 body that tells an operator what is missing. ``listen`` "" disables the server.
+    """
+
+    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.listen = listen
+        self.metrics = metrics
+        self.ready = ready
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen.strip())
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (the real one when ``listen`` asked for port 0); None when not running."""
+        return None if self._server is None else int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL for a client on this host (``http://127.0.0.1:PORT`` for a wildcard bind)."""
+        if self._server is None:
+            raise RuntimeError("the telemetry server is not running")
+        host = str(self._server.server_address[0])
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1" if host != "::" else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Bind and serve in a daemon thread; a no-op when disabled or already running."""
+        if not self.enabled or self._server is not None:
+            return
+        host, port = parse_listen(self.listen)
+        server_cls: type[_Server] = _Server
+        if ":" in host:
+            server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        self._server = server_cls((host, port), self._handler_class())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="telemetry-http",
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+        )
+        self._thread.start()
+        _log.info("telemetry listening", extra={"listen": f"{host}:{self.port}"})
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> TelemetryServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _readiness(self) -> tuple[bool, str]:
+        try:
+            ok, reason = self.ready()
+        except Exception as exc:  # a broken check means "not ready", never a 500 loop
+            return False, f"readiness check failed: {type(exc).__name__}"
+        return bool(ok), reason
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "modelarts-receiver"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(owner.metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    ok, reason = owner._readiness()
+                    body = (reason or ("ready" if ok else "not ready")) + "\n"
+                    self._send(200 if ok else 503, body.encode())
+                else:
+                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+            def _send(
+                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                _log.debug("telemetry request: " + format, *args)
+
+        return Handler

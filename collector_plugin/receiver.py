@@ -1,0 +1,141 @@
+"""Assembly: config in, a running receiver out (client, sources, pipeline, scheduler, telemetry).
+
+This is the only module that knows every room; each room stays ignorant of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from collector_plugin import __version__
+from collector_plugin.auth import make_auth
+from collector_plugin.checkpoint import CheckpointStore
+from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.config import Config
+from collector_plugin.export import Pipeline, Transport, make_transport, resolve_exporter
+from collector_plugin.mapping import resource_attributes
+from collector_plugin.plugins import RegisteredSource
+from collector_plugin.records import Attributes
+from collector_plugin.scheduler import Scheduler, SourceRuntime
+from collector_plugin.source import SourceContext
+from collector_plugin.telemetry import Metrics, TelemetryServer
+
+log = logging.getLogger("collector_plugin.receiver")
+
+SCOPE_NAME = "modelarts-otel-receiver"
+
+
+@dataclass
+class Receiver:
+    """A wired receiver. ``run(stop)`` polls until ``stop`` is set, then drains and commits."""
+
+    config: Config
+    client: ModelArtsClient
+    store: CheckpointStore
+    pipeline: Pipeline
+    scheduler: Scheduler
+    metrics: Metrics
+    telemetry: TelemetryServer | None = None
+    started: bool = field(default=False)
+
+    def ready(self) -> tuple[bool, str]:
+        """Config valid and store open (we exist); the last export succeeded or nothing was sent."""
+        if not self.started:
+            return False, "starting"
+        if self.pipeline.last_export_ok is False:
+            return False, f"last export failed: {self.pipeline.last_error}"
+        return True, "ready"
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until ``stop``; return True when everything held was delivered and committed."""
+        if self.telemetry is not None:
+            self.telemetry.start()
+        await self.pipeline.start()
+        self.started = True
+        log.info(
+            "receiver started",
+            extra={"sources": [rt.name for rt in self.scheduler.sources], "version": __version__},
+        )
+        try:
+            await self.scheduler.run(stop)
+        finally:
+            grace = float(self.config.shutdown.grace_period)
+            clean = await self.pipeline.close(grace)
+            await self.client.aclose()
+            self.store.close()
+            if self.telemetry is not None:
+                self.telemetry.stop()
+            log.info("receiver stopped", extra={"flushed": clean})
+        return clean
+
+
+def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str], Attributes]:
+    @functools.lru_cache(maxsize=64)
+    def resource_for(service: str) -> Attributes:
+        return resource_attributes(
+            service=service,
+            region=config.modelarts.region,
+            project_id=config.modelarts.project_id,
+            configured=config.resource.attributes,
+            environ=environ,
+        )
+
+    return resource_for
+
+
+def build_receiver(
+    config: Config,
+    registry: Mapping[str, RegisteredSource],
+    *,
+    environ: Mapping[str, str] | None = None,
+    transport: Transport | None = None,
+    api_transport: object | None = None,
+    telemetry: bool = True,
+    jitter: bool = True,
+) -> Receiver:
+    """Wire a receiver from a validated config. ``transport`` replaces the OTLP transport (tests)."""
+    environ = os.environ if environ is None else environ
+    metrics = Metrics()
+    ma = config.modelarts
+    auth = make_auth(ma.auth, region=ma.region, project_id=ma.project_id)
+    client = ModelArtsClient(
+        ma.base_url,
+        ma.project_id,
+        auth=auth,
+        timeout=float(ma.timeout),
+        retry=RetryPolicy(ma.retry.max_attempts, float(ma.retry.initial_backoff), float(ma.retry.max_backoff)),
+        rate_limit=ma.rate_limit.requests_per_second,
+        burst=ma.rate_limit.burst,
+        max_concurrency=ma.max_concurrency,
+        metrics=metrics,
+        transport=api_transport,  # type: ignore[arg-type]
+        verify=ma.ca_file or ma.verify_tls,
+    )
+    store = CheckpointStore.open(config.checkpoint.path)
+    exporter = config.exporter
+    if transport is None:
+        transport = make_transport(resolve_exporter(exporter, environ))
+    pipeline = Pipeline(
+        transport,
+        store,
+        _resource_for(config, environ),
+        batch=exporter.batch,
+        queue_size=exporter.queue_size,
+        max_in_flight=exporter.max_in_flight,
+        retry_initial=float(exporter.retry_initial_backoff),
+        retry_max=float(exporter.retry_max_backoff),
+        metrics=metrics,
+        scope_version=__version__,
+    )
+    context = SourceContext(client=client, project_id=ma.project_id, region=ma.region, metrics=metrics)
+    runtimes = [SourceRuntime(name, registry[name].cls(cfg, context), cfg) for name, cfg in config.sources.items()]
+    scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
+    receiver = Receiver(config, client, store, pipeline, scheduler, metrics)
+    if telemetry and config.telemetry.listen:
+        receiver.telemetry = TelemetryServer(config.telemetry.listen, metrics, receiver.ready)
+    return receiver

@@ -1,0 +1,211 @@
+"""The self-telemetry listener: /metrics, /healthz, /readyz, and its lifecycle."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from collector_plugin.telemetry import Metrics, TelemetryServer, parse_listen
+
+try:
+    from telemetry_helpers import get, parse_metrics, sample_key, scrape, total
+except ImportError:  # tests/ became a package
+    from tests.telemetry_helpers import get, parse_metrics, sample_key, scrape, total
+
+
+class Readiness:
+    """A readiness answer the test can change while the server runs."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[bool, str] = (False, "checkpoint store not open")
+        self.calls = 0
+
+    def __call__(self) -> tuple[bool, str]:
+        self.calls += 1
+        return self.answer
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def readiness() -> Readiness:
+    return Readiness()
+
+
+@pytest.fixture
+def server(metrics: Metrics, readiness: Readiness):
+    srv = TelemetryServer("127.0.0.1:0", metrics, readiness)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_healthz_answers_ok(server: TelemetryServer) -> None:
+    assert get(server.url + "/healthz") == (200, "ok\n")
+
+
+def test_readyz_follows_the_readiness_callback(server: TelemetryServer, readiness: Readiness) -> None:
+    status, body = get(server.url + "/readyz")
+    assert (status, body.strip()) == (503, "checkpoint store not open")
+    readiness.answer = (True, "")
+    assert get(server.url + "/readyz") == (200, "ready\n")
+    readiness.answer = (False, "last export failed: UNAVAILABLE")
+    assert get(server.url + "/readyz") == (503, "last export failed: UNAVAILABLE\n")
+    assert readiness.calls == 3
+
+
+def test_readyz_is_503_when_the_check_raises(metrics: Metrics) -> None:
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("secret-bearing detail")
+
+    with TelemetryServer("127.0.0.1:0", metrics, broken) as srv:
+        status, body = get(srv.url + "/readyz")
+    assert status == 503
+    assert "RuntimeError" in body and "secret-bearing" not in body
+
+
+def test_unknown_path_is_404(server: TelemetryServer) -> None:
+    status, body = get(server.url + "/nope")
+    assert status == 404 and "/metrics" in body
+
+
+def test_metrics_move_as_the_receiver_works(server: TelemetryServer, metrics: Metrics) -> None:
+    url = server.url + "/metrics"
+    before = scrape(url)
+    assert before["modelarts_receiver_records_exported_total"] == 0
+    assert "modelarts_receiver_target_lag_bytes" not in {k.partition("{")[0] for k in before}
+
+    metrics.api_requests.labels("training_job_logs_preview", "ok").inc(3)
+    metrics.api_errors.labels("training_job_logs_preview", "ModelArts.0103").inc()
+    metrics.records_exported.inc(250)
+    metrics.target_lag_bytes.labels("training_task_logs", "job-1/worker-0").set(4096)
+    metrics.queue_records.set(17)
+    metrics.export_latency.observe(0.05)
+    mid = scrape(url)
+    assert mid["modelarts_receiver_records_exported_total"] == 250
+    lag_key = sample_key(
+        "modelarts_receiver_target_lag_bytes", {"source": "training_task_logs", "target": "job-1/worker-0"}
+    )
+    assert mid[lag_key] == 4096
+    assert mid["modelarts_receiver_queue_records"] == 17
+    assert total(mid, "modelarts_receiver_api_requests_total", outcome="ok") == 3
+    assert total(mid, "modelarts_receiver_api_errors_total", error_code="ModelArts.0103") == 1
+    assert mid["modelarts_receiver_export_latency_seconds_count"] == 1
+
+    metrics.records_exported.inc(50)
+    metrics.target_lag_bytes.labels("training_task_logs", "job-1/worker-0").set(0)
+    after = scrape(url)
+    assert after["modelarts_receiver_records_exported_total"] == 300
+    assert after[lag_key] == 0
+
+
+def test_checkpoint_age_grows_from_the_last_commit(server: TelemetryServer, metrics: Metrics) -> None:
+    url = server.url + "/metrics"
+    assert scrape(url)["modelarts_receiver_checkpoint_age_seconds"] == 0
+    metrics.checkpoint_last_commit.set(time.time() - 120)
+    age = scrape(url)["modelarts_receiver_checkpoint_age_seconds"]
+    assert 119 <= age < 3600
+
+
+def test_metrics_content_type_is_prometheus_text(server: TelemetryServer) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    with urllib.request.urlopen(server.url + "/metrics") as response:
+        assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        assert CONTENT_TYPE_LATEST.startswith("text/plain")
+
+
+def test_concurrent_scrapes_are_served(server: TelemetryServer, metrics: Metrics) -> None:
+    metrics.records_exported.inc(7)
+    results: list[float] = []
+
+    def worker() -> None:
+        results.append(scrape(server.url + "/metrics")["modelarts_receiver_records_exported_total"])
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [7.0] * 8
+
+
+def test_stop_releases_the_port(metrics: Metrics) -> None:
+    srv = TelemetryServer("127.0.0.1:0", metrics, lambda: (True, ""))
+    srv.start()
+    port = srv.port
+    assert port
+    srv.stop()
+    assert srv.port is None
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    again = TelemetryServer(f"127.0.0.1:{port}", metrics, lambda: (True, ""))
+    with again:
+        assert get(again.url + "/healthz")[0] == 200
+
+
+def test_empty_listen_disables_the_server(metrics: Metrics) -> None:
+    srv = TelemetryServer("", metrics, lambda: (True, ""))
+    srv.start()
+    assert not srv.enabled and srv.port is None
+    srv.stop()
+
+
+def test_two_receivers_in_one_process_keep_their_own_figures() -> None:
+    first, second = Metrics(), Metrics()
+    first.records_exported.inc(5)
+    with (
+        TelemetryServer("127.0.0.1:0", first, lambda: (True, "")) as a,
+        TelemetryServer("127.0.0.1:0", second, lambda: (True, "")) as b,
+    ):
+        assert scrape(a.url + "/metrics")["modelarts_receiver_records_exported_total"] == 5
+        assert scrape(b.url + "/metrics")["modelarts_receiver_records_exported_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("0.0.0.0:8888", ("0.0.0.0", 8888)),
+        (":9100", ("0.0.0.0", 9100)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:8888", ("::1", 8888)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["8888", "host:", "host:port", "host:70000", "[::1]"])
+def test_parse_listen_rejects_bad_addresses(listen: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen(listen)
+
+
+def test_ipv6_loopback_when_available(metrics: Metrics) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    srv = TelemetryServer("[::1]:0", metrics, lambda: (True, ""))
+    try:
+        srv.start()
+    except OSError:
+        pytest.skip("IPv6 loopback is not configured")
+    try:
+        assert get(srv.url + "/healthz") == (200, "ok\n")
+    finally:
+        srv.stop()
+
+
+def test_parse_metrics_keys_labels_sorted() -> None:
+    text = '# TYPE x counter\nx_total{b="2",a="1"} 3.0\n'
+    assert parse_metrics(text) == {'x_total{a="1",b="2"}': 3.0}
+    assert total(parse_metrics(text), "x_total", a="1") == 3.0
+    assert total(parse_metrics(text), "x_total", a="11") == 0.0
