@@ -1,0 +1,178 @@
+"""The mapping contract: attributes, severities, uids and redaction."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collector_plugin.mapping import (
+    EVENT_SERVICE_UPDATE,
+    EVENT_TRAINING_JOB,
+    REDACTED,
+    LineMapper,
+    event_job_attributes,
+    event_record,
+    event_severity,
+    line_severity,
+    normalise_event_source,
+    parse_resource_env,
+    record_uid,
+    resource_attributes,
+    service_update_record,
+    task_log_attributes,
+    v1_log_attributes,
+)
+from collector_plugin.records import SERVICE_INFERENCE, SERVICE_TRAINING
+
+
+def test_line_severity_tokens() -> None:
+    cases = {
+        "[ModelArts Service Log][INFO][2021/05/18 14:28:14,207]: done": (9, "INFO"),
+        "2024-01-01 10:00:00 [WARNING] low memory": (13, "WARNING"),
+        "WARN disk almost full": (13, "WARN"),
+        "[ERROR] boom": (17, "ERROR"),
+        "ERROR: boom": (17, "ERROR"),
+        "CRITICAL out of memory": (21, "CRITICAL"),
+        "FATAL: exiting": (21, "FATAL"),
+        "DEBUG step=3": (5, "DEBUG"),
+        "INFO:root:epoch 3": (9, "INFO"),
+        "epoch 3 loss=0.12 errors=0": (0, ""),
+        "INFORMATION is not a level": (0, ""),
+        "": (0, ""),
+    }
+    for line, expected in cases.items():
+        assert line_severity(line) == expected, line
+
+
+def test_event_severity_and_source() -> None:
+    assert event_severity("Info") == (9, "Info")
+    assert event_severity("Warning") == (13, "Warning")
+    assert event_severity("Error") == (17, "Error")
+    assert event_severity("Notice") == (0, "Notice")
+    assert [normalise_event_source(s) for s in ("K8s", "K8S", "k8s", "job", "Task", "Other")] == [
+        "K8S",
+        "K8S",
+        "K8S",
+        "Job",
+        "Task",
+        "Other",
+    ]
+
+
+def test_task_line_record() -> None:
+    mapper = LineMapper(
+        project_id="p", source="training_task_logs", target="t/j/w", shared=task_log_attributes("j", "worker-0", "job-a")
+    )
+    record = mapper.record("[ERROR] 训练失败 🔥", 4096, observed_ns=7)
+    assert record.body == "[ERROR] 训练失败 🔥"
+    assert record.severity_number == 17
+    assert record.observed_ns == 7
+    assert record.service == SERVICE_TRAINING
+    attrs = record.all_attributes()
+    assert attrs["modelarts.training_job.id"] == "j"
+    assert attrs["modelarts.training_job.name"] == "job-a"
+    assert attrs["modelarts.task.id"] == "worker-0"
+    assert attrs["modelarts.log.offset"] == 4096
+    assert attrs["log.record.uid"] == record.uid
+    # A continued piece inherits the severity of the line it continues.
+    piece = mapper.record("rest of the line", 4096 + 262144, observed_ns=8, continued=True)
+    assert piece.severity_number == 17 and piece.attributes["modelarts.log.continued"] is True
+
+
+def test_v1_attributes() -> None:
+    attrs = v1_log_attributes(10, 11, "log1.log").as_dict()
+    assert attrs == {
+        "modelarts.training_job.id": "10",
+        "modelarts.training_job.version.id": "11",
+        "log.file.name": "log1.log",
+    }
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=1, max_value=10**12))
+def test_uid_is_stable_and_offset_sensitive(offset: int, observed: int) -> None:
+    def mapper() -> LineMapper:
+        return LineMapper(project_id="p", source="s", target="t", shared=task_log_attributes("j", "w"))
+
+    first = mapper().record("line", offset, observed_ns=observed)
+    again = mapper().record("line", offset, observed_ns=observed + 1)
+    other = mapper().record("line", offset + 1, observed_ns=observed)
+    assert first.uid == again.uid
+    assert first.uid != other.uid
+    assert len(first.uid) == 32
+
+
+def test_uid_parts_are_separated() -> None:
+    assert record_uid("a", "bc") != record_uid("ab", "c")
+
+
+def test_event_record() -> None:
+    record = event_record(
+        project_id="p",
+        shared=event_job_attributes("job-1", "my-job"),
+        job_id="job-1",
+        time_ns=1_669_449_821_000_000_000,
+        level="Error",
+        message="Training job failed.",
+        source="K8s",
+        identity="1669449821000|0",
+        observed_ns=5,
+    )
+    assert record.body == "Training job failed."
+    assert record.event_name == EVENT_TRAINING_JOB
+    assert (record.severity_number, record.severity_text) == (17, "Error")
+    assert record.attributes["modelarts.event.source"] == "K8S"
+    assert record.all_attributes()["modelarts.training_job.id"] == "job-1"
+    assert record.time_ns == 1_669_449_821_000_000_000
+
+
+def test_service_update_record_redacts_envs() -> None:
+    record = service_update_record(
+        project_id="p",
+        service_id="svc-1",
+        service_name="resnet",
+        update_time_ms=1_700_000_000_000,
+        result="FAIL",
+        config=[
+            {"model_name": "resnet", "model_version": "1.0.1", "weight": 70, "envs": {"DB_PASSWORD": "hunter2"}},
+            {"model_name": "resnet", "model_version": "1.0.2", "weight": 30, "instance_count": 2, "specification": "gpu"},
+        ],
+        success_num=1,
+        failed_num=2,
+        result_detail=[{"node_id": "n1", "node_name": "edge-1", "operation": "deploy", "result": False}],
+        observed_ns=9,
+    )
+    assert "hunter2" not in repr(record)
+    assert record.attributes["modelarts.service.config"][0]["envs"] == {"DB_PASSWORD": REDACTED}  # type: ignore[index]
+    assert record.event_name == EVENT_SERVICE_UPDATE
+    assert record.severity_number == 17 and record.severity_text == "FAIL"
+    assert record.service == SERVICE_INFERENCE
+    assert record.time_ns == 1_700_000_000_000 * 1_000_000
+    assert "resnet 1.0.1 (weight 70%)" in str(record.body)
+    assert "nodes ok 1, failed 2" in str(record.body)
+    assert record.all_attributes()["modelarts.service.id"] == "svc-1"
+    assert record.attributes["modelarts.service.update.result_detail"] == [
+        {"node_id": "n1", "node_name": "edge-1", "operation": "deploy", "result": False}
+    ]
+    running = service_update_record(
+        project_id="p", service_id="svc-1", service_name="resnet", update_time_ms=1, result="RUNNING", observed_ns=1
+    )
+    assert running.severity_number == 9 and running.uid != record.uid
+
+
+def test_resource_precedence() -> None:
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=ml%20ops,cloud.region=ignored"}
+    attrs = resource_attributes(
+        service=SERVICE_TRAINING, region="cn-north-4", project_id="p1", configured={"cloud.region": "x"}, environ=env
+    ).as_dict()
+    assert attrs["service.name"] == "modelarts-training"
+    assert attrs["cloud.provider"] == "huawei_cloud"
+    assert attrs["cloud.platform"] == "huawei_cloud_modelarts"
+    assert attrs["modelarts.project.id"] == "p1"
+    assert attrs["team"] == "ml ops"
+    assert attrs["cloud.region"] == "x"  # config wins over the environment
+    assert "modelarts.training_job.id" not in attrs
+    assert parse_resource_env("a=1,,b") == {"a": "1"}
+    overridden = resource_attributes(
+        service=SERVICE_INFERENCE, region="r", project_id="p", configured={"service.name": "mine"}
+    ).as_dict()
+    assert overridden["service.name"] == "mine"

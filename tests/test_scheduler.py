@@ -1,0 +1,144 @@
+"""Scheduler: idle backoff, failure isolation with reopen at the last cursor, draining ended targets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from collector_plugin.records import Record, Span
+from collector_plugin.scheduler import Scheduler, SourceRuntime
+from collector_plugin.source import SourceConfig
+from collector_plugin.telemetry import Metrics
+
+
+@dataclass
+class FakeTarget:
+    key: str
+    active: bool = True
+
+
+@dataclass
+class FakeReader:
+    key: str
+    cursor: str | None
+    behaviour: str
+    log: list[tuple[str, str | None, bool]]
+    n: int = 0
+
+    async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+        self.log.append((self.key, self.cursor, draining))
+        self.n += 1
+        if self.behaviour == "fail" or (self.behaviour == "fail-after-one" and self.n > 1):
+            yield Span(self.key, [_record(self.key, self.cursor)], cursor=f"{self.key}:{self.n}:{id(self)}")
+            raise RuntimeError("API exploded")
+        if self.behaviour == "active" or draining:
+            self.cursor = f"{self.key}:{self.n}"
+            yield Span(self.key, [_record(self.key, self.cursor)], cursor=self.cursor)
+
+
+def _record(key: str, cursor: str | None) -> Record:
+    return Record(body=f"{key}@{cursor}", uid=f"{key}{cursor}", observed_ns=0)
+
+
+@dataclass
+class FakeSource:
+    name: ClassVar[str] = "fake"
+    description: ClassVar[str] = "fake"
+    config_model: ClassVar[type[SourceConfig]] = SourceConfig
+    targets_now: list[FakeTarget] = field(default_factory=list)
+    behaviours: dict[str, str] = field(default_factory=dict)
+    log: list[tuple[str, str | None, bool]] = field(default_factory=list)
+    opened: list[tuple[str, str | None]] = field(default_factory=list)
+
+    async def targets(self) -> Sequence[FakeTarget]:
+        return list(self.targets_now)
+
+    def open(self, target: Any, cursor: str | None) -> FakeReader:
+        self.opened.append((target.key, cursor))
+        return FakeReader(target.key, cursor, self.behaviours.get(target.key, "idle"), self.log)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    async def put(self, span: Span) -> None:
+        self.spans.append(span)
+
+
+def make(source: FakeSource, cursors: dict[str, str] | None = None, **cfg: Any) -> tuple[Scheduler, Sink]:
+    config = SourceConfig(poll_interval=cfg.get("poll", 0.01), max_poll_interval=cfg.get("max_poll", 0.3))
+    runtime = SourceRuntime("fake", source, config)  # type: ignore[arg-type]
+    sink = Sink()
+    return Scheduler([runtime], sink, cursors or {}, Metrics(), jitter=False), sink
+
+
+async def run_for(scheduler: Scheduler, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_idle_targets_back_off_active_ones_do_not() -> None:
+    source = FakeSource([FakeTarget("fake/active"), FakeTarget("fake/idle")], {"fake/active": "active"})
+    scheduler, sink = make(source)
+    await run_for(scheduler, 1.0)
+    active = sum(1 for key, _, _ in source.log if key == "fake/active")
+    idle = sum(1 for key, _, _ in source.log if key == "fake/idle")
+    assert active > 3 * idle, (active, idle)
+    assert all(span.target == "fake/active" for span in sink.spans)
+
+
+async def test_failing_target_does_not_stop_others_and_reopens_at_last_cursor() -> None:
+    source = FakeSource(
+        [FakeTarget("fake/ok"), FakeTarget("fake/bad")], {"fake/ok": "active", "fake/bad": "fail-after-one"}
+    )
+    scheduler, sink = make(source, {"fake/bad": "committed-0"})
+    await run_for(scheduler, 0.6)
+    assert sum(1 for s in sink.spans if s.target == "fake/ok") > 5
+    bad_opens = [cursor for key, cursor in source.opened if key == "fake/bad"]
+    assert bad_opens[0] == "committed-0"  # first open resumes from the checkpoint
+    assert len(bad_opens) >= 2
+    bad_cursors = [s.cursor for s in sink.spans if s.target == "fake/bad"]
+    # every reopen starts at the last cursor handed to the pipeline, never at an older one
+    for reopened, previous in zip(bad_opens[1:], bad_cursors):
+        assert reopened == previous
+    assert scheduler.metrics.target_errors.labels("fake", "RuntimeError")._value.get() >= 1
+
+
+async def test_removed_target_is_drained_once_and_dropped() -> None:
+    target = FakeTarget("fake/job")
+    source = FakeSource([target])
+    scheduler, sink = make(source)
+    stop = asyncio.Event()
+    runtime = scheduler.sources[0]
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(0.1)
+    target.active = False
+    scheduler._apply_targets(runtime, await source.targets())
+    await asyncio.sleep(0.2)
+    drains = [entry for entry in source.log if entry[2]]
+    assert len(drains) == 1
+    assert scheduler.active_targets["fake"] == 0
+    # listed again as ended: not reopened
+    scheduler._apply_targets(runtime, await source.targets())
+    await asyncio.sleep(0.1)
+    assert len([entry for entry in source.log if entry[2]]) == 1
+    assert [s.target for s in sink.spans] == ["fake/job"]  # the drain's final span
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_stop_cancels_a_poll_blocked_on_backpressure() -> None:
+    class BlockedSink(Sink):
+        async def put(self, span: Span) -> None:
+            await asyncio.Event().wait()
+
+    source = FakeSource([FakeTarget("fake/a")], {"fake/a": "active"})
+    config = SourceConfig(poll_interval=0.01)
+    scheduler = Scheduler([SourceRuntime("fake", source, config)], BlockedSink(), {}, Metrics(), jitter=False)  # type: ignore[arg-type]
+    await run_for(scheduler, 0.2)  # returns although put() never does
