@@ -96,7 +96,7 @@ def demo_config(sim: Any, checkpoint_dir: str, args: argparse.Namespace) -> dict
     """A receiver config that reads everything the simulator serves."""
     v1_jobs = [
         {"job_id": job.job_id, "version_id": job.version_id, "log_files": []}
-        for job in getattr(sim.scenario, "v1_jobs", {}).values()
+        for job in sim.scenario.v1_jobs
     ]
     fast = {"poll_interval": "1s", "max_poll_interval": "5s"}
     sources: dict[str, Any] = {
