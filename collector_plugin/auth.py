@@ -144,9 +144,7 @@ def string_to_sign(canonical: str, sdk_date: str) -> str:
 
 
 def compute_signature(sk: str, canonical: str, sdk_date: str) -> str:
-    return hmac.new(
-        sk.encode("utf-8"), string_to_sign(canonical, sdk_date).encode("utf-8"), hashlib.sha256
-    ).hexdigest()
+    return hmac.new(sk.encode("utf-8"), string_to_sign(canonical, sdk_date).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def format_sdk_date(timestamp: float) -> str:
@@ -252,9 +250,7 @@ def _check_date(sdk_date: str | None, now: datetime | None, max_skew: float) -> 
         server_now = server_now.replace(tzinfo=timezone.utc)
     skew = abs((server_now - signed_at).total_seconds())
     if skew > max_skew:
-        raise AuthError(
-            f"{HEADER_DATE} too far from server time ({skew:.0f} s > {max_skew:.0f} s): check the clock"
-        )
+        raise AuthError(f"{HEADER_DATE} too far from server time ({skew:.0f} s > {max_skew:.0f} s): check the clock")
 
 
 def verify_signature(
@@ -431,9 +427,7 @@ class IamPasswordAuth(httpx.Auth):
             raise self._login_error(response)
         token = response.headers.get("X-Subject-Token")
         if not token:
-            raise AuthError(
-                f"IAM {self.iam_endpoint} answered HTTP {response.status_code} without X-Subject-Token"
-            )
+            raise AuthError(f"IAM {self.iam_endpoint} answered HTTP {response.status_code} without X-Subject-Token")
         return token, self._expiry(response)
 
     def _expiry(self, response: httpx.Response) -> float:
@@ -448,7 +442,9 @@ class IamPasswordAuth(httpx.Auth):
     def _login_error(self, response: httpx.Response) -> AuthError | ApiError:
         """Describe a failed login, naming IAM and the user, never the password."""
         status = response.status_code
-        detail = _iam_error_message(response).replace(self._password, "***") if self._password else ""
+        detail = _iam_error_message(response)
+        if self._password:
+            detail = detail.replace(self._password, "***")
         detail = f": {detail}" if detail else ""
         who = f"user {self.username!r} (domain {self.domain_name!r})"
         if status == 429 or status >= 500:
@@ -459,9 +455,7 @@ class IamPasswordAuth(httpx.Auth):
                 retryable=True,
             )
         hint = (
-            " check username, password and domain_name"
-            if status == 401
-            else " check the IAM settings and project_id"
+            " check username, password and domain_name" if status == 401 else " check the IAM settings and project_id"
         )
         return AuthError(f"IAM login at {self.iam_endpoint} failed for {who}: HTTP {status}{detail};{hint}")
 

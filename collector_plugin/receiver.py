@@ -102,7 +102,8 @@ def build_receiver(
     environ = os.environ if environ is None else environ
     metrics = Metrics()
     ma = config.modelarts
-    auth = make_auth(ma.auth, region=ma.region, project_id=ma.project_id)
+    verify: bool | str = ma.ca_file or ma.verify_tls
+    auth = make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify)
     client = ModelArtsClient(
         ma.base_url,
         ma.project_id,
@@ -114,7 +115,7 @@ def build_receiver(
         max_concurrency=ma.max_concurrency,
         metrics=metrics,
         transport=api_transport,  # type: ignore[arg-type]
-        verify=ma.ca_file or ma.verify_tls,
+        verify=verify,
     )
     store = CheckpointStore.open(config.checkpoint.path)
     exporter = config.exporter
