@@ -1,16 +1,40 @@
-"""``training_job_logs_v1``: old-API training job logs read in byte ranges of at most 2 KiB."""
+"""``training_job_logs_v1``: old-API training job logs read in byte ranges of at most 2 KiB.
+
+The v1 API answers a byte range as a JSON string, which cannot hold part of a character: where
+a range cuts one, the server drops it or replaces it with U+FFFD. A reader always starts a range
+at a character boundary, so only the range's end is uncertain; it keeps the characters known
+complete, advances by their UTF-8 length and asks again from the first uncertain byte. No
+character is lost or mangled, and byte offsets stay exact (for logs that are valid UTF-8: the
+API cannot express other bytes).
+
+An idle poll costs one request: ``start_byte=-1`` answers the last 2 KiB and the file size, which
+tells whether the log grew, or restarted shorter; small growth is taken from that same answer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from collector_plugin import discovery
 from collector_plugin.durations import Duration
+from collector_plugin.errors import ApiError, ResponseFormatError
 from collector_plugin.hookspecs import hookimpl
 from collector_plugin.lines import LineSourceConfig
-from collector_plugin.source import Reader, Source, SourceContext, Target
+from collector_plugin.mapping import v1_log_attributes
+from collector_plugin.records import Span
+from collector_plugin.source import Reader, Source, SourceConfig, SourceContext, Target
+from collector_plugin.sources.log_reader import ByteLogReader
+
+SOURCE = "training_job_logs_v1"
+LOG_PATH = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
+LOG_ENDPOINT = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
+MAX_RANGE = 2048  # the API's limit per call
+SPAN_BYTES = 64 * 1024  # a catching-up reader yields a span (a commit point) this often
+_REPLACEMENT = "\ufffd".encode()
 
 
 class V1JobConfig(BaseModel):
@@ -26,20 +50,185 @@ class JobLogsV1Config(LineSourceConfig):
     file_names_interval: Duration = Field(default=60.0, description="Seconds between file-name lookups.")
 
 
+class V1LogResponse(BaseModel):
+    """One range. Numbers may be strings; ``count`` may stand for ``log_byte_count``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    is_success: bool = True
+    log: str = ""
+    log_byte_count: int | None = Field(default=None, ge=0, validation_alias=AliasChoices("log_byte_count", "count"))
+    end_byte: int | None = Field(default=None, ge=0)
+    error_code: str | None = None
+    error_msg: str | None = None
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    def raw_count(self, text: bytes) -> int:
+        """Bytes the range covered on the server (what the text came from)."""
+        return self.log_byte_count if self.log_byte_count is not None else len(text)
+
+
+def complete_prefix(resp: V1LogResponse, requested: int, *, final: bool = False) -> bytes:
+    """The bytes of the range's characters known complete (the range starts on a boundary).
+
+    A trailing U+FFFD may stand for a character the range cut, or one the writer has not
+    finished; it is kept only when the log ended (``final``), the range was short (the end of
+    the log) and the text is exactly as long as the range.
+    """
+    text = resp.log.encode("utf-8")
+    count = resp.raw_count(text)
+    if text.endswith(_REPLACEMENT) and not (final and count < requested and len(text) == count):
+        text = text[: -len(_REPLACEMENT)]
+    return text[:count]
+
+
+def exact_bytes(resp: V1LogResponse) -> bytes | None:
+    """The range's bytes when the text is provably unaltered (same length, nothing replaced)."""
+    text = resp.log.encode("utf-8")
+    if resp.log_byte_count is None or len(text) != resp.log_byte_count or _REPLACEMENT in text:
+        return None
+    return text
+
+
+@dataclass(frozen=True)
+class V1LogTarget:
+    """One log file of one job version; v1 jobs are never reported ended."""
+
+    job_id: int
+    version_id: int
+    file_name: str
+    active: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{SOURCE}/{self.job_id}/{self.version_id}/{self.file_name}"
+
+
+class V1LogReader(ByteLogReader):
+    """Reads one v1 log file from its cursor on (see the module docstring)."""
+
+    def __init__(self, target: V1LogTarget, config: JobLogsV1Config, context: SourceContext, cursor: str | None):
+        super().__init__(
+            key=target.key,
+            source=SOURCE,
+            config=config,
+            context=context,
+            shared=v1_log_attributes(target.job_id, target.version_id, target.file_name),
+            cursor=cursor,
+        )
+        self._client = context.client
+        self._path = context.client.path(LOG_PATH, job_id=target.job_id, version_id=target.version_id)
+        self._file = target.file_name
+
+    async def _get(self, start: int, length: int = MAX_RANGE) -> V1LogResponse:
+        resp = await self._client.get_model(
+            self._path,
+            V1LogResponse,
+            endpoint=LOG_ENDPOINT,
+            params={"log_file": self._file, "start_byte": start, "offset": length},
+        )
+        if not resp.is_success:
+            raise ApiError(
+                endpoint=LOG_ENDPOINT, status=200, error_code=resp.error_code or "", error_msg=resp.error_msg or ""
+            )
+        return resp
+
+    async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+        last = await self._get(-1)
+        size = last.end_byte
+        tail = exact_bytes(last)
+        if self.assembler is None:
+            if self.resume is not None:
+                self.start(self.resume.offset, self.resume.continued)
+            else:
+                self.start(self._first_offset(size, tail))
+                yield self.empty_span()
+        if size is not None and size < self.position:
+            yield self.restarted(size)
+        pos = self.position
+        if size is None or size > pos:
+            tail_start = size - len(tail) if size is not None and tail is not None else None
+            if tail is not None and tail_start is not None and tail_start <= pos:
+                yield self.span(tail[pos - tail_start :], pos)
+            else:
+                async for span in self._read_ranges(pos, size, final=draining):
+                    yield span
+        flushed = self.flush_span(draining=draining)
+        if flushed is not None:
+            yield flushed
+        if size is not None:
+            self.lag(size)
+
+    def _first_offset(self, size: int | None, tail: bytes | None) -> int:
+        """``beginning``: 0. ``end``: the start of the last, unfinished line if the tail shows it."""
+        if self.config.start_at == "beginning" or not size:
+            return 0
+        if tail is None:
+            return size
+        newline = tail.rfind(b"\n")
+        if newline < 0:
+            return 0 if len(tail) == size else size
+        return size - len(tail) + newline + 1
+
+    async def _read_ranges(self, pos: int, size: int | None, *, final: bool) -> AsyncIterator[Span]:
+        """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB."""
+        buf = bytearray()
+        buf_start = pos
+        while True:
+            resp = await self._get(pos)
+            data = complete_prefix(resp, MAX_RANGE, final=final)
+            buf += data
+            pos += len(data)
+            if len(buf) >= SPAN_BYTES:
+                yield self.span(bytes(buf), buf_start)
+                buf_start = pos
+                buf.clear()
+            short = resp.raw_count(resp.log.encode("utf-8")) < MAX_RANGE
+            if short or not data or (size is not None and pos >= size):
+                break
+        if buf:
+            yield self.span(bytes(buf), buf_start)
+
+
 class JobLogsV1Source:
-    name: ClassVar[str] = "training_job_logs_v1"
+    name: ClassVar[str] = SOURCE
     description: ClassVar[str] = "Training job logs, old v1 API (2 KiB byte ranges)"
-    config_model: ClassVar[type[JobLogsV1Config]] = JobLogsV1Config
+    config_model: ClassVar[type[SourceConfig]] = JobLogsV1Config
 
     def __init__(self, config: JobLogsV1Config, context: SourceContext) -> None:
         self.config = config
         self.context = context
+        self._files: dict[tuple[int, int], tuple[int, list[str]]] = {}
 
     async def targets(self) -> Sequence[Target]:
-        raise NotImplementedError
+        """Every configured file, or every file the job version lists (looked up periodically)."""
+        out: list[V1LogTarget] = []
+        for job in self.config.jobs:
+            files = job.log_files or await self._file_names(job.job_id, job.version_id)
+            out += [V1LogTarget(job.job_id, job.version_id, name) for name in files]
+        return out
+
+    async def _file_names(self, job_id: int, version_id: int) -> list[str]:
+        now = self.context.clock_ns()
+        cached = self._files.get((job_id, version_id))
+        if cached is not None and now - cached[0] < self.config.file_names_interval * 1e9:
+            return cached[1]
+        try:
+            names = await discovery.v1_log_file_names(self.context.client, job_id, version_id)
+        except (ApiError, ResponseFormatError) as exc:
+            self.context.logger.warning("%s: cannot list the log files of job %s: %s", SOURCE, job_id, exc)
+            return cached[1] if cached else []
+        self._files[(job_id, version_id)] = (now, names)
+        return names
 
     def open(self, target: Any, cursor: str | None) -> Reader:
-        raise NotImplementedError
+        if not isinstance(target, V1LogTarget):
+            raise TypeError(f"{SOURCE} cannot read {type(target).__name__}")
+        return V1LogReader(target, self.config, self.context, cursor)
 
 
 @hookimpl

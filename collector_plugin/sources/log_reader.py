@@ -1,0 +1,186 @@
+"""What the two byte-log readers share: cursor, line assembly, flush timing, restarts, metrics.
+
+A log reader turns byte spans of one log into :class:`~collector_plugin.records.Span` objects.
+Its cursor is ``{"offset": N, "continued": bool, "epoch": E}``: ``offset`` is the first byte not
+yet emitted (a restart re-reads a partial tail, never skips it), ``continued`` says the bytes
+there carry on a record already emitted (after a flush), and ``epoch`` counts the times the log
+restarted shorter, so the lines of a restarted log get uids distinct from the old ones at the
+same offsets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from collector_plugin.lines import LineAssembler, LineSourceConfig
+from collector_plugin.mapping import LineMapper
+from collector_plugin.records import Attributes, Span
+from collector_plugin.source import SourceContext
+
+
+@dataclass(frozen=True)
+class LogCursor:
+    offset: int = 0
+    continued: bool = False
+    epoch: int = 0
+
+    def dumps(self) -> str:
+        return json.dumps({"offset": self.offset, "continued": self.continued, "epoch": self.epoch})
+
+    @classmethod
+    def loads(cls, text: str) -> LogCursor:
+        """Parse a cursor this module wrote; raise ValueError on anything else."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("offset"), int) or data["offset"] < 0:
+            raise ValueError("not a log cursor")
+        return cls(int(data["offset"]), bool(data.get("continued", False)), int(data.get("epoch", 0)))
+
+
+class ByteLogReader:
+    """Base of the readers of one log: everything but how bytes are fetched.
+
+    Subclasses call :meth:`start` once they know where reading begins, then :meth:`span` for
+    each contiguous piece of bytes, and :meth:`restarted`, :meth:`flush_span` as needed.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        source: str,
+        config: LineSourceConfig,
+        context: SourceContext,
+        shared: Attributes,
+        cursor: str | None,
+    ) -> None:
+        self.key = key
+        self.source = source
+        self.config = config
+        self.context = context
+        self.shared = shared
+        self.resume: LogCursor | None = None
+        if cursor is not None:
+            try:
+                self.resume = LogCursor.loads(cursor)
+            except (ValueError, TypeError):
+                context.logger.warning("%s: ignoring an unreadable cursor; starting at %s", key, config.start_at)
+        self.epoch = self.resume.epoch if self.resume else 0
+        self.assembler: LineAssembler | None = None
+        self.mapper = self._mapper()
+        self.grew_ns = context.clock_ns()
+
+    def _mapper(self) -> LineMapper:
+        target = self.key if self.epoch == 0 else f"{self.key}#{self.epoch}"
+        return LineMapper(project_id=self.context.project_id, source=self.source, target=target, shared=self.shared)
+
+    def start(self, offset: int, continued: bool = False) -> LineAssembler:
+        self.assembler = LineAssembler(
+            self.config.max_line_bytes, self.config.line_start_pattern, offset=offset, continued=continued
+        )
+        return self.assembler
+
+    @property
+    def position(self) -> int:
+        """Where the next byte to read lies."""
+        return self.assembler.end_offset if self.assembler else 0
+
+    def cursor(self) -> str:
+        asm = self.assembler
+        assert asm is not None
+        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch).dumps()
+
+    def span(self, data: bytes, offset: int) -> Span:
+        """Feed ``data`` (at byte ``offset``) and return its records with the cursor after them."""
+        asm = self.assembler
+        assert asm is not None
+        if data:
+            self.grew_ns = self.context.clock_ns()
+        lines = asm.feed(data, offset)
+        now = self.context.clock_ns()
+        record = self.mapper.record
+        records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
+        self._count(len(data), len(records))
+        return Span(self.key, records, self.cursor(), len(data))
+
+    def empty_span(self) -> Span:
+        """A span that only commits the cursor (where a first read starts)."""
+        return Span(self.key, [], self.cursor(), 0)
+
+    def flush_span(self, *, draining: bool) -> Span | None:
+        """Emit the partial tail once the log stopped growing for ``flush_after`` (or at the end)."""
+        asm = self.assembler
+        if asm is None or not asm.has_pending:
+            return None
+        now = self.context.clock_ns()
+        if not draining and now - self.grew_ns < self.config.flush_after * 1e9:
+            return None
+        lines = asm.flush(final=draining)
+        if not lines:
+            return None
+        record = self.mapper.record
+        records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
+        self._count(0, len(records))
+        return Span(self.key, records, self.cursor(), 0)
+
+    def restarted(self, size: int) -> Span:
+        """The log is shorter than what was read: emit the old tail and say so; read from 0."""
+        asm = self.assembler
+        assert asm is not None
+        now = self.context.clock_ns()
+        record = self.mapper.record
+        records = [
+            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in asm.flush(final=True)
+        ]
+        records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=now))
+        self.epoch += 1
+        self.mapper = self._mapper()
+        self.start(0)
+        self.grew_ns = now
+        metrics = self.context.metrics
+        if metrics is not None:
+            metrics.restarts_detected.labels(self.source).inc()
+        self._count(0, len(records))
+        self.context.logger.warning(
+            "%s: log restarted (now %d bytes, %d already read); reading it again from the start",
+            self.key,
+            size,
+            records[-1].attributes["modelarts.log.previous_size"],
+        )
+        return Span(self.key, records, self.cursor(), 0)
+
+    def gap(self, end: int, reason: str) -> Span:
+        """Bytes from the position to ``end`` cannot be read: emit the tail, say so, go on at ``end``."""
+        asm = self.assembler
+        assert asm is not None
+        now = self.context.clock_ns()
+        record = self.mapper.record
+        records = [
+            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in asm.flush(final=True)
+        ]
+        start = asm.end_offset
+        records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=now))
+        self.start(end)
+        metrics = self.context.metrics
+        if metrics is not None:
+            metrics.gaps.labels(self.source).inc()
+        self._count(0, len(records))
+        self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)
+        return Span(self.key, records, self.cursor(), 0)
+
+    def lag(self, size: int) -> None:
+        metrics = self.context.metrics
+        if metrics is not None:
+            metrics.target_lag_bytes.labels(self.source, self.key).set(max(0, size - self.position))
+
+    def _count(self, nbytes: int, nrecords: int) -> None:
+        metrics = self.context.metrics
+        if metrics is None:
+            return
+        if nbytes:
+            metrics.bytes_read.labels(self.source).inc(nbytes)
+        if nrecords:
+            metrics.records_read.labels(self.source).inc(nrecords)
+
+
+__all__ = ["ByteLogReader", "LogCursor"]
