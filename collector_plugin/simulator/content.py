@@ -81,6 +81,13 @@ class LogGenerator:
         self._now = BASE_TIME
         self._epoch = 1
         self._step_no = 0
+        self._pool: list[bytes] | None = None
+        self._pool_mean = 1.0
+
+    @property
+    def rng(self) -> random.Random:
+        """The seeded source of every choice, for callers that add their own (e.g. event timing)."""
+        return self._rng
 
     def _ts(self) -> str:
         self._now += self._step
@@ -88,9 +95,7 @@ class LogGenerator:
 
     def _fill(self, template: str) -> str:
         rng = self._rng
-        return template.format(
-            n=rng.randint(1, 99999), e=self._epoch, f=f"{rng.uniform(0, 100):.2f}", ts=self._ts()
-        )
+        return template.format(n=rng.randint(1, 99999), e=self._epoch, f=f"{rng.uniform(0, 100):.2f}", ts=self._ts())
 
     def _progress(self) -> str:
         self._step_no += 1
@@ -146,6 +151,28 @@ class LogGenerator:
             encoded = self.line().encode()
             out.append(encoded)
             size += len(encoded)
+        return b"".join(out)
+
+    def bulk(self, nbytes: int) -> bytes:
+        """Like :meth:`chunk` but ~20x faster: lines drawn from a pool made once (benchmark volumes).
+
+        Timestamps in the pool do not advance; everything else (CRLF, multi-byte text,
+        tracebacks) is as realistic as :meth:`chunk`.
+        """
+        if self._pool is None:
+            long_prob, self.long_line_prob = self.long_line_prob, 0.0
+            self._pool = [self.line().encode() for _ in range(4096)]
+            self.long_line_prob = long_prob
+            self._pool_mean = sum(map(len, self._pool)) / len(self._pool)
+        out: list[bytes] = []
+        size = 0
+        while size < nbytes:
+            k = max(1, int((nbytes - size) / self._pool_mean) + 1)
+            picked = self._rng.choices(self._pool, k=k)
+            if self._rng.random() < self.long_line_prob * k:
+                picked.append((self.long_line() + "\n").encode())
+            out += picked
+            size += sum(map(len, picked))
         return b"".join(out)
 
     def event_message(self, task: str = "worker-0") -> tuple[str, str, str]:

@@ -89,12 +89,18 @@ class FaultInjector:
     def throttle(self, path_regex: str, retry_after: float | str | None = 1, times: int | None = 1) -> FaultRule:
         return self.add(path_regex, status=429, retry_after=retry_after, times=times)
 
-    def error(self, path_regex: str, status: int = 503, times: int | None = 1, error_code: str | None = None) -> FaultRule:
+    def error(
+        self, path_regex: str, status: int = 503, times: int | None = 1, error_code: str | None = None
+    ) -> FaultRule:
         return self.add(path_regex, status=status, times=times, error_code=error_code)
 
     def malformed(
-        self, path_regex: str, body: bytes | str = b"<html><body>502 Bad Gateway</body></html>", *,
-        status: int = 200, times: int | None = 1,
+        self,
+        path_regex: str,
+        body: bytes | str = b"<html><body>502 Bad Gateway</body></html>",
+        *,
+        status: int = 200,
+        times: int | None = 1,
     ) -> FaultRule:
         """Answer with a body that is not the promised JSON (a proxy's HTML page, a cut-off body)."""
         return self.add(path_regex, status=status, body=body, times=times)

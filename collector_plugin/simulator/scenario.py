@@ -20,6 +20,7 @@ from collector_plugin.simulator.content import LogGenerator
 
 DEFAULT_PROJECT_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 UPDATE_RESULTS = ("RUNNING", "SUCCESS", "FAIL")
+BULK_THRESHOLD = 1 << 20
 
 
 def now_ms() -> int:
@@ -82,9 +83,7 @@ class Event:
 class TrainingJob:
     """A v2 training job: tasks with logs, a phase, and events kept in time order."""
 
-    def __init__(
-        self, job_id: str, name: str, tasks: Iterable[str], phase: str, lock: threading.RLock
-    ) -> None:
+    def __init__(self, job_id: str, name: str, tasks: Iterable[str], phase: str, lock: threading.RLock) -> None:
         self.id = job_id
         self.name = name
         self._lock = lock
@@ -125,9 +124,7 @@ class TrainingJob:
         with self._lock:
             return self._tasks.setdefault(name, TaskLog(name, self._lock))
 
-    def add_event(
-        self, message: str, *, level: str = "Info", source: str = "Job", time_ms: int | None = None
-    ) -> Event:
+    def add_event(self, message: str, *, level: str = "Info", source: str = "Job", time_ms: int | None = None) -> Event:
         """Insert an event in time order (a late event with an older time lands where it belongs)."""
         with self._lock:
             self._seq += 1
@@ -240,9 +237,11 @@ class Service:
 
     def start_update(self, config: list[dict[str, Any]] | None = None, *, time_ms: int | None = None) -> Update:
         with self._lock:
-            when = now_ms() if time_ms is None else time_ms
-            if self._updates:
-                when = max(when, self._updates[-1].update_time + 1)
+            when = time_ms
+            if when is None:  # automatic times never collide; explicit ones are taken as given
+                when = now_ms()
+                if self._updates:
+                    when = max(when, self._updates[-1].update_time + 1)
             cfg = config if config is not None else default_config(self.name, self.infer_type, len(self._updates) + 1)
             update = Update(update_time=when, config=cfg, _lock=self._lock)
             if self.infer_type == "edge":
@@ -259,7 +258,7 @@ class Service:
     def status(self) -> str:
         with self._lock:
             if not self._updates:
-                return "deploying"
+                return "running"
             last = self._updates[-1].result
             return {"RUNNING": "deploying", "SUCCESS": "running", "FAIL": "failed"}[last]
 
@@ -364,9 +363,13 @@ class Scenario:
             return list(self._services.values())
 
     def grow(self, log: TaskLog, nbytes: int) -> int:
-        """Append at least ``nbytes`` of realistic complete lines; return the new size."""
+        """Append at least ``nbytes`` of realistic complete lines; return the new size.
+
+        Above 1 MiB the lines come from a pool (:meth:`LogGenerator.bulk`) so that benchmarks can
+        build tens of MB quickly.
+        """
         with self._gen_lock:
-            chunk = self.generator.chunk(nbytes)
+            chunk = self.generator.bulk(nbytes) if nbytes > BULK_THRESHOLD else self.generator.chunk(nbytes)
         return log.append(chunk)
 
     @classmethod
@@ -378,14 +381,12 @@ class Scenario:
         bert = sc.add_job(name="bert-finetune-中文", tasks=("worker-0",))
         failed = sc.add_job(name="llama-sft", tasks=("worker-0",), phase="Failed")
         done = sc.add_job(name="yolo-eval", tasks=("worker-0",), phase="Completed")
-        for job in (running, bert, failed, done):
-            job.start_time = t0
+        for i, job in enumerate((running, bert, failed, done)):
+            job.create_time = job.start_time = t0 + i * 1000
             for task in job.tasks:
                 sc.grow(job.task(task), 48 * 1024)
             _lifecycle_events(job, t0)
-        failed.task("worker-0").append(
-            "2024-05-18 14:40:00,000 - ERROR - training step failed\n" + _TRACEBACK_TAIL
-        )
+        failed.task("worker-0").append("2024-05-18 14:40:00,000 - ERROR - training step failed\n" + _TRACEBACK_TAIL)
         failed.add_event("[worker-0] Training finished. Exit code 1.", source="Task", time_ms=t0 + 300_000)
         failed.add_event("Training job failed.", level="Error", time_ms=t0 + 300_000)
         done.add_event("[worker-0] Training finished. Exit code 0.", source="Task", time_ms=t0 + 200_000)
