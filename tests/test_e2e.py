@@ -16,7 +16,7 @@ import pytest
 from collector_plugin.config import parse_config
 from collector_plugin.plugins import load_sources
 from collector_plugin.receiver import build_receiver
-from collector_plugin.simulator import Scenario, Simulator
+from collector_plugin.simulator import Scenario, Simulator, Update
 
 try:
     from rotel_harness import RotelCollector
@@ -50,7 +50,7 @@ def expected_lines(data: bytes) -> list[str]:
     return [line.rstrip(b"\r").decode() for line in data.split(b"\n")[:-1]]
 
 
-def scenario() -> tuple[Scenario, dict[str, Any]]:
+def scenario() -> tuple[Scenario, dict[str, Any], Update]:
     sc = Scenario()
     job = sc.add_job(JOB, name="resnet-e2e", tasks=("worker-0",), phase="Running")
     job.task("worker-0").append(log_text(600))
@@ -59,14 +59,14 @@ def scenario() -> tuple[Scenario, dict[str, Any]]:
         job.add_event(f"event {i}", level=("Info", "Warning", "Error")[i % 3], source=("Job", "K8s", "Task")[i % 3], time_ms=base + (i // 7) * 1000)
     v1 = sc.add_v1_job(10, 11, {"log1.log": log_text(150)})
     service = sc.add_service(SERVICE, name="resnet-svc", infer_type="real-time")
-    service.start_update(time_ms=base).finish("SUCCESS")
+    update = service.start_update(time_ms=base)  # RUNNING now; finished while the receiver runs
     expected = {
         "task": expected_lines(job.task("worker-0").data),
         "v1": expected_lines(v1.file("log1.log").data),
         "events": [f"event {i}" for i in range(120)],
         "updates": 2,
     }
-    return sc, expected
+    return sc, expected, update
 
 
 def receiver_config(sim: Simulator, tmp: Path, protocol: str, endpoint: str) -> dict[str, Any]:
@@ -115,7 +115,7 @@ async def wait_for(collector: RotelCollector, n: int, timeout: float) -> list[di
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 async def test_everything_served_arrives_once_in_order(tmp_path: Path, protocol: str) -> None:
-    sc, expected = scenario()
+    sc, expected, update = scenario()
     collector = RotelCollector(tmp_path / "rotel")
     collector.start()
     try:
@@ -130,6 +130,8 @@ async def test_everything_served_arrives_once_in_order(tmp_path: Path, protocol:
             await asyncio.to_thread(collector.stop)
             await asyncio.sleep(2.0)
             await asyncio.to_thread(collector.start)
+            await asyncio.sleep(1.0)
+            update.finish("SUCCESS")
             records = await wait_for(collector, total(expected), timeout=60)
             await asyncio.sleep(1.0)  # anything extra would show up now
             stop.set()
