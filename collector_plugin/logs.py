@@ -2,9 +2,9 @@
 
 Redaction happens in a handler filter, so every record that reaches our handler (the receiver's
 own, httpx's, a plugin's) is cleaned before any formatter sees it: registered secret values
-(:func:`register_secret`) and the query string of any URL that carries a signature-like
-parameter (a signed OBS link, a token) are replaced in the message, its arguments, extra fields
-and exception text. The formatters redact their output once more, as a last guard.
+(:func:`register_secret`), the query string of any URL that carries a signature-like parameter
+(a signed OBS link, a token) and the value of credential headers (``Authorization``,
+``X-Auth-Token``...) are replaced in the message, its arguments, extra fields and exception text. The formatters redact what they print once more, as a last guard.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ _SENSITIVE_PARAM = re.compile(
     r")=",
     re.IGNORECASE,
 )
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+"""Valid raw in JSON, but line breaks to many log shippers: escape them so one record is one line."""
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-auth-token|x-subject-token|x-security-token)"
+    r"(['\"]?\s*[:=]\s*['\"]?)(?:(bearer|basic|token)\s+)?([^\s'\",;}]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{12,}")
 _QUERY = re.compile(r"\?([^\s\"'<>#`]+)")
 
 _secrets: set[str] = set()
@@ -80,13 +87,19 @@ def _redact_query(match: re.Match[str]) -> str:
 
 
 def redact(text: str) -> str:
-    """Remove registered secrets and signed URL query strings from ``text``."""
+    """Remove registered secrets, signed URL query strings and credential headers from ``text``."""
     pattern = _secret_pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     if "?" in text:
         text = _QUERY.sub(_redact_query, text)
-    return text
+    text = _CREDENTIAL_HEADER.sub(_redact_header, text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def _redact_header(match: re.Match[str]) -> str:
+    scheme = f"{match.group(3)} " if match.group(3) else ""
+    return f"{match.group(1)}{match.group(2)}{scheme}{REDACTED}"
 
 
 def _redact_value(value: Any) -> Any:
@@ -140,7 +153,7 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key in extra_fields(record):
             if key not in entry:
@@ -148,10 +161,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = redact(record.exc_text)
         if record.stack_info:
-            entry["stack"] = record.stack_info
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+            entry["stack"] = redact(record.stack_info)
+        # Redacting the serialized line could cut through an escape sequence: fields are done above.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_LINE_BREAKS)
 
 
 class TextFormatter(logging.Formatter):
@@ -192,8 +206,8 @@ def setup_logging(
 ) -> logging.Handler:
     """Send every log record to ``stream`` (stderr by default), formatted and redacted.
 
-    Installs one handler on the root logger, replacing the one a previous call installed, and
-    returns it.
+    Installs one handler first on the root logger, replacing the one a previous call installed,
+    and returns it.
     """
     try:
         numeric = LEVELS[level.lower()]
@@ -206,8 +220,10 @@ def setup_logging(
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _ReceiverHandler)]:
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.handlers.insert(0, handler)  # first, so handlers added by others see redacted records too
     root.setLevel(numeric)
+    logging.captureWarnings(False)  # re-hook, in case something replaced showwarning since
+    logging.captureWarnings(True)  # warnings become structured, redacted records too
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     return handler

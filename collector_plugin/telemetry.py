@@ -20,8 +20,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
+
+from collector_plugin.logs import redact
 
 PREFIX = "modelarts_receiver_"
 _log = logging.getLogger(__name__)
@@ -45,20 +48,14 @@ class Metrics:
             ["endpoint", "error_code"],
             registry=r,
         )
-        self.api_retries = Counter(
-            PREFIX + "api_retries", "Requests retried.", ["endpoint", "reason"], registry=r
-        )
+        self.api_retries = Counter(PREFIX + "api_retries", "Requests retried.", ["endpoint", "reason"], registry=r)
         self.throttle_wait_seconds = Counter(
             PREFIX + "throttle_wait_seconds",
             "Seconds spent waiting on the rate limit or Retry-After.",
             registry=r,
         )
-        self.bytes_read = Counter(
-            PREFIX + "bytes_read", "Log bytes read from the API.", ["source"], registry=r
-        )
-        self.records_read = Counter(
-            PREFIX + "records_read", "Records produced by sources.", ["source"], registry=r
-        )
+        self.bytes_read = Counter(PREFIX + "bytes_read", "Log bytes read from the API.", ["source"], registry=r)
+        self.records_read = Counter(PREFIX + "records_read", "Records produced by sources.", ["source"], registry=r)
         self.records_exported = Counter(
             PREFIX + "records_exported", "Records acknowledged by the collector.", registry=r
         )
@@ -122,6 +119,7 @@ class Metrics:
             registry=r,
         )
         self.checkpoint_age.set_function(self._checkpoint_age)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
     def _checkpoint_age(self) -> float:
         """Derived at scrape time so the age grows even while nothing commits."""
@@ -220,7 +218,7 @@ class TelemetryServer:
             ok, reason = self.ready()
         except Exception as exc:  # a broken check means "not ready", never a 500 loop
             return False, f"readiness check failed: {type(exc).__name__}"
-        return bool(ok), reason
+        return bool(ok), redact(reason)  # an export error may quote a header or a signed URL
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         owner = self
@@ -241,9 +239,7 @@ class TelemetryServer:
                 else:
                     self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
 
-            def _send(
-                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
-            ) -> None:
+            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from collector_plugin.logs import clear_secrets, register_secret
 from collector_plugin.telemetry import Metrics, TelemetryServer, parse_listen
 
 try:
@@ -71,6 +72,18 @@ def test_readyz_is_503_when_the_check_raises(metrics: Metrics) -> None:
     assert "RuntimeError" in body and "secret-bearing" not in body
 
 
+def test_readyz_reason_is_redacted(server: TelemetryServer, readiness: Readiness) -> None:
+    register_secret("collector-bearer-token-123")
+    try:
+        readiness.answer = (False, "export failed: 401 for Bearer collector-bearer-token-123 at https://c/x?token=abc")
+        status, body = get(server.url + "/readyz")
+    finally:
+        clear_secrets()
+    assert status == 503
+    assert "collector-bearer-token-123" not in body and "token=abc" not in body
+    assert body.startswith("export failed: 401")
+
+
 def test_unknown_path_is_404(server: TelemetryServer) -> None:
     status, body = get(server.url + "/nope")
     assert status == 404 and "/metrics" in body
@@ -104,6 +117,13 @@ def test_metrics_move_as_the_receiver_works(server: TelemetryServer, metrics: Me
     after = scrape(url)
     assert after["modelarts_receiver_records_exported_total"] == 300
     assert after[lag_key] == 0
+
+
+def test_process_metrics_are_exposed(server: TelemetryServer) -> None:
+    samples = scrape(server.url + "/metrics")
+    if not any(k.startswith("process_") for k in samples):
+        pytest.skip("no /proc here: prometheus_client reports no process metrics")
+    assert samples["process_resident_memory_bytes"] > 0
 
 
 def test_checkpoint_age_grows_from_the_last_commit(server: TelemetryServer, metrics: Metrics) -> None:
