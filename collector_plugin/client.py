@@ -281,12 +281,13 @@ class ModelArtsClient:
             except AuthError:
                 self.metrics.api_requests.labels(endpoint, "auth_error").inc()
                 raise
-            except ApiError as err:  # raised by a token-fetching auth flow (IAM answered 429/5xx)
-                if not err.retryable or attempt >= self.retry.max_attempts:
+            except ApiError as auth_err:  # raised by a token-fetching auth flow (IAM answered 429/5xx)
+                if not auth_err.retryable or attempt >= self.retry.max_attempts:
                     self.metrics.api_requests.labels(endpoint, "auth_error").inc()
                     raise
                 self.metrics.api_retries.labels(endpoint, "auth").inc()
-                await asyncio.sleep(err.retry_after if err.retry_after is not None else self.retry.delay(attempt))
+                pause = auth_err.retry_after if auth_err.retry_after is not None else self.retry.delay(attempt)
+                await asyncio.sleep(pause)
                 continue
             if response.status_code < 400:
                 self.metrics.api_requests.labels(endpoint, "ok").inc()

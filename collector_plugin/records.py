@@ -31,7 +31,7 @@ class Attributes:
 
     @classmethod
     def of(cls, mapping: Mapping[str, AttrValue | None]) -> Attributes:
-        return cls((k, v) for k, v in mapping.items() if v is not None)  # type: ignore[misc]
+        return cls((k, v) for k, v in mapping.items() if v is not None)
 
     def as_dict(self) -> dict[str, AttrValue]:
         return dict(self.items)
