@@ -284,8 +284,13 @@ def service_update_record(
     failed_num: int | None = None,
     result_detail: Iterable[Mapping[str, Any]] | None = None,
     observed_ns: int,
+    position: int = 0,
 ) -> Record:
-    """One record per state an update reaches; ``envs`` values never leave this function."""
+    """One record per state an update reaches; ``envs`` values never leave this function.
+
+    ``position`` tells apart updates that share ``update_time`` (0 for the first keeps the uid
+    of an update alone at its time unchanged).
+    """
     configs = [redact_envs(c) for c in config]
     body = f"service {service_name or service_id} update {result}"
     models = _describe_models(configs)
@@ -308,7 +313,7 @@ def service_update_record(
     severity = _SERVICE_SEVERITY.get(result.upper(), SEV_UNSET)
     return Record(
         body=body,
-        uid=record_uid(project_id, "service_update_logs", service_id, update_time_ms, result),
+        uid=record_uid(project_id, "service_update_logs", service_id, update_time_ms, result, *((position,) if position else ())),
         observed_ns=observed_ns,
         time_ns=update_time_ms * 1_000_000,
         severity_number=severity,
