@@ -12,7 +12,8 @@ assemble any subset of encoded records into a request (batching, or splitting a 
 - :func:`assemble_request` -> a request from framed records grouped by resource.
 
 Integers outside the int64 range cannot be an OTLP ``int_value``; they are sent as their decimal
-string rather than being dropped or wrapped.
+string rather than being dropped or wrapped. Strings that are not valid Unicode (lone surrogates)
+are sent with ``?`` in place of the bad code points rather than failing the whole span.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from collector_plugin.records import AttrValue, Attributes, Record
+from collector_plugin.records import Attributes, AttrValue, Record
 
 UID_KEY = "log.record.uid"
 SCOPE_NAME = "collector_plugin"
@@ -51,6 +52,10 @@ def varint(value: int) -> bytes:
     """Encode a non-negative integer as a protobuf varint."""
     if value < _TABLE_LIMIT:
         return _VARINT_TABLE[value]
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, ((value >> 14) & 0x7F) | 0x80, value >> 21))
     return _varint_slow(value)
 
 
@@ -69,14 +74,14 @@ def encode_any_value(value: AttrValue) -> bytes:
     """Encode an ``AnyValue`` message body (the oneof field is always written, even if empty)."""
     kind = type(value)
     if kind is str:
-        return _len_field(b"\x0a", value.encode())  # type: ignore[union-attr]
+        return _len_field(b"\x0a", value.encode("utf-8", "replace"))  # type: ignore[union-attr]
     if kind is bool:
         return b"\x10\x01" if value else b"\x10\x00"
     if kind is int:
         v: int = value  # type: ignore[assignment]
         if _INT64_MIN <= v <= _INT64_MAX:
             return b"\x18" + varint(v & _U64)
-        return _len_field(b"\x0a", str(v).encode())
+        return _len_field(b"\x0a", str(v).encode("utf-8", "replace"))
     if kind is float:
         return b"\x21" + _pack_double(value)
     if kind is bytes:
@@ -89,7 +94,7 @@ def _encode_any_value_generic(value: AttrValue) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
-        return _len_field(b"\x0a", str(value).encode())
+        return _len_field(b"\x0a", str(value).encode("utf-8", "replace"))
     if isinstance(value, int):
         return encode_any_value(int(value))
     if isinstance(value, float):
@@ -102,17 +107,12 @@ def _encode_any_value_generic(value: AttrValue) -> bytes:
     if isinstance(value, Sequence):
         body = b"".join(_len_field(b"\x0a", encode_any_value(v)) for v in value)
         return _len_field(b"\x2a", body)
-    return _len_field(b"\x0a", str(value).encode())
+    return _len_field(b"\x0a", str(value).encode("utf-8", "replace"))
 
 
 def encode_key_value(key: str, value: AttrValue) -> bytes:
     """Encode a ``KeyValue`` message body."""
-    kb = _STRING_CACHE.get(key)
-    if kb is None:
-        kb = _len_field(b"\x0a", key.encode())
-        if len(_STRING_CACHE) < _STRING_CACHE_MAX:
-            _STRING_CACHE[key] = kb
-    return kb + _len_field(b"\x12", encode_any_value(value))
+    return _key_bytes(key) + _len_field(b"\x12", encode_any_value(value))
 
 
 def encode_attributes(items: Iterable[tuple[str, AttrValue]], tag: bytes = b"\x32") -> bytes:
@@ -132,21 +132,74 @@ def _resource_attributes(items: tuple[tuple[str, AttrValue], ...]) -> bytes:
 
 _SEVERITY_TEXT: dict[str, bytes] = {}
 _EVENT_NAME: dict[str, bytes] = {}
-_UID_KEY_BYTES = _len_field(b"\x0a", UID_KEY.encode())
+_UID_KEY_BYTES = _len_field(b"\x0a", UID_KEY.encode("utf-8", "replace"))
+_UID_FIELD_FIXED = len(_UID_KEY_BYTES) + 4  # KeyValue bytes besides the uid itself (short uids)
 
 
 def _cached_len_field(cache: dict[str, bytes], tag: bytes, text: str) -> bytes:
     out = cache.get(text)
     if out is None:
-        out = _len_field(tag, text.encode())
+        out = _len_field(tag, text.encode("utf-8", "replace"))
         if len(cache) < _STRING_CACHE_MAX:
             cache[text] = out
     return out
 
 
-def encode_log_record(record: Record) -> bytes:
-    """Encode one ``LogRecord`` message body; ``record.uid`` becomes ``log.record.uid``."""
-    buf = bytearray()
+_pack_2 = struct.Struct("BB").pack
+_pack_4 = struct.Struct("BBBB").pack
+
+
+def _key_bytes(key: str) -> bytes:
+    """``KeyValue.key`` (field 1) for ``key``; the keys of a deployment are few, so they are cached."""
+    kb = _STRING_CACHE.get(key)
+    if kb is None:
+        kb = _len_field(b"\x0a", key.encode("utf-8", "replace"))
+        if len(_STRING_CACHE) < _STRING_CACHE_MAX:
+            _STRING_CACHE[key] = kb
+    return kb
+
+
+# Prefixes that depend only on a length (and a key) are computed once: the hot loop then writes
+# one cached prefix and the value's bytes.
+_BODY_PREFIX = tuple(_pack_4(0x2A, n + 2, 0x0A, n) for n in range(126))
+_UID_PREFIX = tuple(
+    _pack_2(0x32, _UID_FIELD_FIXED + n) + _UID_KEY_BYTES + _pack_4(0x12, n + 2, 0x0A, n) for n in range(100)
+)
+_STR_ATTR_PREFIX: dict[tuple[str, int], bytes] = {}
+_INT_ATTR_PREFIX: dict[tuple[str, int], bytes] = {}
+_PREFIX_CACHE_MAX = 65536
+
+
+def _str_attr_prefix(key: str, n: int) -> bytes | None:
+    """Field 6 header, ``KeyValue.key`` and the ``AnyValue`` header of a short string attribute."""
+    kb = _key_bytes(key)
+    total = len(kb) + n + 4
+    if total >= 128:
+        return None
+    prefix = _pack_2(0x32, total) + kb + _pack_4(0x12, n + 2, 0x0A, n)
+    if len(_STR_ATTR_PREFIX) < _PREFIX_CACHE_MAX:
+        _STR_ATTR_PREFIX[(key, n)] = prefix
+    return prefix
+
+
+def _int_attr_prefix(key: str, n: int) -> bytes | None:
+    """The same for a non-negative int attribute whose varint takes ``n`` bytes."""
+    kb = _key_bytes(key)
+    total = len(kb) + n + 3
+    if total >= 128:
+        return None
+    prefix = _pack_2(0x32, total) + kb + _pack_2(0x12, n + 1) + b"\x18"
+    if len(_INT_ATTR_PREFIX) < _PREFIX_CACHE_MAX:
+        _INT_ATTR_PREFIX[(key, n)] = prefix
+    return prefix
+
+
+def _encode_into(buf: bytearray, record: Record) -> None:
+    """Write the ``LogRecord`` fields of ``record`` into ``buf``.
+
+    The common shapes (short strings, small non-negative ints) take cached prefixes; anything else
+    takes the general path.
+    """
     if record.time_ns:
         buf += _pack_tag_fixed64(0x09, record.time_ns & _U64)
     if record.severity_number:
@@ -155,7 +208,13 @@ def encode_log_record(record: Record) -> bytes:
         buf += _cached_len_field(_SEVERITY_TEXT, b"\x1a", record.severity_text)
     body = record.body
     if type(body) is str:
-        buf += _len_field(b"\x2a", _len_field(b"\x0a", body.encode()))
+        vb = body.encode("utf-8", "replace")
+        n = len(vb)
+        if n < 126:
+            buf += _BODY_PREFIX[n]
+            buf += vb
+        else:
+            buf += _len_field(b"\x2a", _len_field(b"\x0a", vb))
     else:
         buf += _len_field(b"\x2a", encode_any_value(body))
     shared = record.shared
@@ -164,15 +223,51 @@ def encode_log_record(record: Record) -> bytes:
     attributes = record.attributes
     if attributes:
         for key, value in attributes.items():
-            if value is not None:
-                buf += _len_field(b"\x32", encode_key_value(key, value))
-    uid_value = _len_field(b"\x0a", record.uid.encode())
-    buf += _len_field(b"\x32", _UID_KEY_BYTES + _len_field(b"\x12", uid_value))
+            kind = type(value)
+            if kind is str:
+                vb = value.encode("utf-8", "replace")  # type: ignore[union-attr]
+                n = len(vb)
+                prefix = _STR_ATTR_PREFIX.get((key, n)) or _str_attr_prefix(key, n)
+                if prefix is not None:
+                    buf += prefix
+                    buf += vb
+                    continue
+            elif kind is int and 0 <= value < 0x8000000000000000:  # type: ignore[operator]
+                vb = varint(value)  # type: ignore[arg-type]
+                prefix = _INT_ATTR_PREFIX.get((key, len(vb))) or _int_attr_prefix(key, len(vb))
+                if prefix is not None:
+                    buf += prefix
+                    buf += vb
+                    continue
+            elif value is None:
+                continue
+            buf += _len_field(b"\x32", encode_key_value(key, value))
+    ub = record.uid.encode("utf-8", "replace")
+    n = len(ub)
+    if n < 100:
+        buf += _UID_PREFIX[n]
+        buf += ub
+    else:
+        buf += _len_field(b"\x32", _UID_KEY_BYTES + _len_field(b"\x12", _len_field(b"\x0a", ub)))
     if record.observed_ns:
         buf += _pack_tag_fixed64(0x59, record.observed_ns & _U64)
     if record.event_name:
         buf += _cached_len_field(_EVENT_NAME, b"\x62", record.event_name)
+
+
+def encode_log_record(record: Record) -> bytes:
+    """Encode one ``LogRecord`` message body; ``record.uid`` becomes ``log.record.uid``."""
+    buf = bytearray()
+    _encode_into(buf, record)
     return bytes(buf)
+
+
+def encode_framed_log_record(record: Record) -> bytes:
+    """:func:`encode_log_record` already framed as a ``ScopeLogs.log_records`` field (one copy less)."""
+    buf = bytearray()
+    _encode_into(buf, record)
+    n = len(buf)
+    return (b"\x12" + (_VARINT_TABLE[n] if n < _TABLE_LIMIT else _varint_slow(n))) + buf
 
 
 def frame_log_record(encoded: bytes) -> bytes:
@@ -187,9 +282,9 @@ def encode_resource(attributes: Attributes) -> bytes:
 
 def encode_scope(name: str, version: str) -> bytes:
     """Encode ``ScopeLogs.scope`` (field 1)."""
-    scope = _len_field(b"\x0a", name.encode()) if name else b""
+    scope = _len_field(b"\x0a", name.encode("utf-8", "replace")) if name else b""
     if version:
-        scope += _len_field(b"\x12", version.encode())
+        scope += _len_field(b"\x12", version.encode("utf-8", "replace"))
     return _len_field(b"\x0a", scope)
 
 
@@ -232,7 +327,7 @@ class OtlpEncoder:
         """Encode ``records`` into one request: a ``ResourceLogs`` per distinct service, in order."""
         by_service: dict[str, list[bytes]] = {}
         for record in records:
-            framed = frame_log_record(encode_log_record(record))
+            framed = encode_framed_log_record(record)
             group = by_service.get(record.service)
             if group is None:
                 by_service[record.service] = [framed]
@@ -253,4 +348,4 @@ def encode_export_request(
 
 def encoded_size(record: Record) -> int:
     """Bytes ``record`` takes in a request (exact; the pipeline uses the encoding itself)."""
-    return len(frame_log_record(encode_log_record(record)))
+    return len(encode_framed_log_record(record))

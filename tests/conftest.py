@@ -1,0 +1,86 @@
+"""Shared fixtures. Owned by H3 (delivery); ask the lead for additions.
+
+- ``rotel_collector``: a real OTLP collector (rotel) on free loopback ports, detailed debug output
+  parsed into records; ``.grpc_endpoint``, ``.http_endpoint``, ``.records(wait_for=n)``,
+  ``.stop()``, ``.start()`` (same ports: the collector going down and coming back).
+- ``memory_transport`` / ``memory_store``: in-memory transport and checkpoint store.
+- ``metrics``: a fresh :class:`~collector_plugin.telemetry.Metrics` with its own registry.
+- ``make_pipeline``: builds a started :class:`~collector_plugin.export.Pipeline` with small, fast
+  settings (override any keyword) and closes it at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector_plugin.config import BatchConfig
+from collector_plugin.export import Pipeline, Transport
+from collector_plugin.records import Attributes
+from collector_plugin.telemetry import Metrics
+from collector_plugin.testing import MemoryCheckpointStore, MemoryTransport
+
+try:  # tests/ is a rootdir without __init__.py: pytest puts it on sys.path
+    from rotel_harness import RotelCollector
+except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from tests.rotel_harness import RotelCollector
+
+
+@pytest.fixture
+def rotel_collector(tmp_path: Path) -> Iterator[RotelCollector]:
+    collector = RotelCollector(tmp_path / "rotel")
+    collector.start()
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+@pytest.fixture
+def memory_transport() -> MemoryTransport:
+    return MemoryTransport()
+
+
+@pytest.fixture
+def memory_store() -> MemoryCheckpointStore:
+    return MemoryCheckpointStore()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+def default_resource(service: str) -> Attributes:
+    return Attributes([("service.name", service)])
+
+
+@pytest.fixture
+async def make_pipeline(
+    metrics: Metrics,
+) -> AsyncIterator[Callable[..., Awaitable[Pipeline]]]:
+    made: list[Pipeline] = []
+
+    async def make(transport: Transport, store: Any, **overrides: Any) -> Pipeline:
+        options: dict[str, Any] = {
+            "batch": BatchConfig(max_records=50, max_bytes=64 * 1024, max_delay=0.02),
+            "queue_size": 1000,
+            "max_in_flight": 2,
+            "retry_initial": 0.005,
+            "retry_max": 0.02,
+            "metrics": metrics,
+            "scope_version": "test",
+        }
+        options.update(overrides)
+        resource_for = options.pop("resource_for", default_resource)
+        pipeline = Pipeline(transport, store, resource_for, **options)
+        await pipeline.start()
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        await pipeline.close(2.0)
