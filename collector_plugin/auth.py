@@ -28,6 +28,7 @@ import httpx
 
 from collector_plugin.config import AuthConfig
 from collector_plugin.errors import ApiError, AuthError, ConfigError
+from collector_plugin.logs import register_secret
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -428,6 +429,7 @@ class IamPasswordAuth(httpx.Auth):
         token = response.headers.get("X-Subject-Token")
         if not token:
             raise AuthError(f"IAM {self.iam_endpoint} answered HTTP {response.status_code} without X-Subject-Token")
+        register_secret(token)  # the receiver's logs redact it wherever it might show up
         return token, self._expiry(response)
 
     def _expiry(self, response: httpx.Response) -> float:

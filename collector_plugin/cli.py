@@ -32,17 +32,6 @@ def _config_path(args: argparse.Namespace) -> str:
     return str(path)
 
 
-def _register_secrets(config: Config) -> None:
-    from collector_plugin.logs import register_secret
-
-    auth = config.modelarts.auth
-    for secret in (auth.sk, auth.security_token, auth.token, auth.password):
-        if secret is not None and secret.get_secret_value():
-            register_secret(secret.get_secret_value())
-    for value in config.exporter.headers.values():
-        register_secret(value)
-
-
 async def _run_until_signalled(receiver: Any, duration: float | None = None) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,7 +50,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = load_sources()
     config = load_config(_config_path(args), registry)
     setup_logging(config.telemetry.log_level, config.telemetry.log_format)
-    _register_secrets(config)
     receiver = build_receiver(config, registry)
     clean = asyncio.run(_run_until_signalled(receiver))
     return 0 if clean else 3

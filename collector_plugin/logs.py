@@ -32,7 +32,7 @@ LEVELS: dict[str, int] = {
     "critical": logging.CRITICAL,
 }
 NOISY_LOGGERS = ("httpx", "httpcore", "grpc", "hpack")
-"""Libraries that log every request at INFO/DEBUG; kept at WARNING unless the level is debug."""
+"""Libraries that log every request (signed URLs, raw auth headers) at INFO/DEBUG: kept at WARNING always."""
 
 _SENSITIVE_PARAM = re.compile(
     r"(?:^|[&;])(?:"
@@ -225,5 +225,5 @@ def setup_logging(
     logging.captureWarnings(False)  # re-hook, in case something replaced showwarning since
     logging.captureWarnings(True)  # warnings become structured, redacted records too
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.WARNING)
     return handler

@@ -18,6 +18,7 @@ from collector_plugin.checkpoint import CheckpointStore
 from collector_plugin.client import ModelArtsClient, RetryPolicy
 from collector_plugin.config import Config
 from collector_plugin.export import Pipeline, Transport, make_transport, resolve_exporter
+from collector_plugin.logs import register_secret
 from collector_plugin.mapping import resource_attributes
 from collector_plugin.plugins import RegisteredSource
 from collector_plugin.records import Attributes
@@ -88,6 +89,16 @@ def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str],
     return resource_for
 
 
+def register_secrets(config: Config) -> None:
+    """Tell the log redaction about every secret in the config (SK, tokens, password, header values)."""
+    auth = config.modelarts.auth
+    for secret in (auth.sk, auth.security_token, auth.token, auth.password):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    for value in config.exporter.headers.values():
+        register_secret(value)
+
+
 def build_receiver(
     config: Config,
     registry: Mapping[str, RegisteredSource],
@@ -100,6 +111,7 @@ def build_receiver(
 ) -> Receiver:
     """Wire a receiver from a validated config. ``transport`` replaces the OTLP transport (tests)."""
     environ = os.environ if environ is None else environ
+    register_secrets(config)
     metrics = Metrics()
     ma = config.modelarts
     verify: bool | str = ma.ca_file or ma.verify_tls

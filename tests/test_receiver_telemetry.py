@@ -54,7 +54,8 @@ async def test_metrics_move_while_catching_up(tmp_path: Path) -> None:
         while receiver.telemetry.port is None:
             await asyncio.sleep(0.01)
         url = receiver.telemetry.url
-        assert await asyncio.to_thread(get, url + "/healthz") == (200, "ok")
+        status, body = await asyncio.to_thread(get, url + "/healthz")
+        assert (status, body.strip()) == (200, "ok")
 
         lags: list[float] = []
         exported: list[float] = []

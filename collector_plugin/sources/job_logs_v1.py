@@ -149,6 +149,8 @@ class V1LogReader(ByteLogReader):
                 yield self.empty_span()
         if size is not None and size < self.position:
             yield self.restarted(size)
+        if size is not None:
+            self.lag(size)
         pos = self.position
         if size is None or size > pos:
             tail_start = size - len(tail) if size is not None and tail is not None else None
@@ -187,6 +189,8 @@ class V1LogReader(ByteLogReader):
                 yield self.span(bytes(buf), buf_start)
                 buf_start = pos
                 buf.clear()
+                if size is not None:
+                    self.lag(size)
             short = resp.raw_count(resp.log.encode("utf-8")) < MAX_RANGE
             if short or not data or (size is not None and pos >= size):
                 break
