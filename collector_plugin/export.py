@@ -13,6 +13,10 @@ and of every earlier span was acknowledged. Nothing is dropped: a collector that
 retried forever while sources wait on the full queue. The one exception is a record the collector
 refuses for good (HTTP 400, gRPC INVALID_ARGUMENT): the batch is split until that record stands
 alone, which is then reported (error log with target and uid, ``records_rejected``) and skipped.
+
+Order: with ``max_in_flight`` > 1 two batches travel at once and the collector may receive the
+later one first (OTLP promises no order). While a batch is failing, later batches wait for it,
+so after an outage the backlog arrives in queue order. ``max_in_flight: 1`` gives strict order.
 """
 
 from __future__ import annotations
@@ -439,6 +443,7 @@ class _Batch:
 
     slices: list[tuple[_Entry, int, int]]
     nrecords: int
+    seq: int
 
 
 class Pipeline:
@@ -486,6 +491,9 @@ class Pipeline:
         self._flushing = 0
         self._closing = False
         self._uncommitted: dict[str, str] = {}
+        self._next_seq = 0
+        self._failing: set[int] = set()  # batches whose last attempt failed (retryable)
+        self._order = asyncio.Condition()
 
         self.last_export_ok: bool | None = None
         self.last_error: str = ""
@@ -630,7 +638,8 @@ class Pipeline:
                 self._first_pending_at = time.monotonic()
         if not slices:
             return None
-        return _Batch(slices, count)
+        self._next_seq += 1
+        return _Batch(slices, count, self._next_seq)
 
     def _service_overhead(self, service: str, seen: set[str]) -> int:
         """Bytes a service's first record adds to a request (its ResourceLogs and ScopeLogs headers)."""
@@ -653,20 +662,22 @@ class Pipeline:
 
     async def _deliver(self, batch: _Batch) -> None:
         try:
-            await self._send_until_done(batch.slices, batch.nrecords)
+            await self._send_until_done(batch.slices, batch.nrecords, batch.seq)
             await self._acknowledge(batch.slices)
         finally:
             self._slots.release()
 
-    async def _send_until_done(self, slices: list[tuple[_Entry, int, int]], nrecords: int) -> None:
+    async def _send_until_done(self, slices: list[tuple[_Entry, int, int]], nrecords: int, seq: int) -> None:
         """Send ``slices``; retry forever on retryable errors; split on a permanent refusal."""
         payload = self._payload(slices)
         attempt = 0
         while True:
+            await self._wait_turn(seq)
             started = time.monotonic()
             try:
                 rejected = await self._transport.send(payload, nrecords)
             except RetryableExportError as exc:
+                self._failing.add(seq)
                 attempt += 1
                 delay = self._backoff(attempt, exc.retry_after)
                 self._note_failure(exc.reason, str(exc))
@@ -681,9 +692,11 @@ class Pipeline:
                 continue
             except ExportError as exc:
                 self._note_failure("refused", str(exc))
-                await self._isolate(slices, nrecords, exc)
+                await self._recovered(seq)
+                await self._isolate(slices, nrecords, exc, seq)
                 return
             except Exception as exc:  # a transport bug must not stall delivery silently: retry, loudly
+                self._failing.add(seq)
                 attempt += 1
                 delay = self._backoff(attempt, None)
                 self._note_failure("unexpected", f"{type(exc).__name__}: {exc}")
@@ -697,6 +710,7 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 continue
+            await self._recovered(seq)
             self._metrics.export_latency.observe(time.monotonic() - started)
             self._metrics.records_exported.inc(nrecords - rejected)
             self.last_export_ok = True
@@ -711,7 +725,19 @@ class Pipeline:
                 )
             return
 
-    async def _isolate(self, slices: list[tuple[_Entry, int, int]], nrecords: int, exc: ExportError) -> None:
+    async def _wait_turn(self, seq: int) -> None:
+        """While an earlier batch is failing, wait for it: after an outage, batches arrive in order."""
+        if self._failing and min(self._failing) < seq:
+            async with self._order:
+                await self._order.wait_for(lambda: not self._failing or min(self._failing) >= seq)
+
+    async def _recovered(self, seq: int) -> None:
+        if seq in self._failing:
+            self._failing.discard(seq)
+            async with self._order:
+                self._order.notify_all()
+
+    async def _isolate(self, slices: list[tuple[_Entry, int, int]], nrecords: int, exc: ExportError, seq: int) -> None:
         """Split a refused batch in halves until the refused records stand alone; report those."""
         if nrecords == 1:
             entry, index, _ = slices[0]
@@ -726,7 +752,7 @@ class Pipeline:
         flat = [(entry, i, i + 1) for entry, start, stop in slices for i in range(start, stop)]
         half = len(flat) // 2
         for part in (flat[:half], flat[half:]):
-            await self._send_until_done(_merge(part), len(part))
+            await self._send_until_done(_merge(part), len(part), seq)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self._retry_max, self._retry_initial * 2.0 ** min(attempt - 1, 30))

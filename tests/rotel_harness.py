@@ -90,6 +90,9 @@ class RotelCollector:
             f"127.0.0.1:{self.http_port}",
             "--otlp-grpc-max-recv-msg-size-mib",
             "16",
+            # rotel acknowledges a request once it is queued; without batching it prints it at
+            # once, so a stop() right after an acknowledgement cannot lose what it had queued.
+            "--disable-batching",
         ]
         with open(output, "wb") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -634,3 +634,18 @@ def test_grpc_transport_made_outside_the_loop_works_in_each_loop(tmp_path: Any) 
         asyncio.run(transport.close())
     finally:
         collector.stop()
+
+
+async def test_after_an_outage_batches_arrive_in_queue_order(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(
+        transport, store, batch=BatchConfig(max_records=10, max_delay=0.001), max_in_flight=4
+    )
+    transport.fail_next(10**9)
+    spans = [span("t", 10, str(i)) for i in range(12)]
+    for s in spans:
+        await pipeline.put(s)
+    await asyncio.sleep(0.1)  # every slot has failed at least once by now
+    transport.recover()
+    assert await pipeline.flush(10)
+    assert transport.uids() == [r.uid for s in spans for r in s.records]
