@@ -3,9 +3,16 @@
 The preview answers the latest part of a task's log (up to a few MB) with the log's full size,
 so its content covers bytes ``[full_size - current_size, full_size)``. New bytes are taken from
 it while the reader's position lies inside it; a reader further behind (first start with
-``start_at: beginning``, a long outage) reads the gap from the log's temporary OBS link in ranged
-requests of at most :data:`OBS_CHUNK_BYTES`, one span each, so memory stays bounded and progress
-is committed as it goes. Links carry credentials: they never reach a log message, error or record.
+``start_at: beginning``, a long outage) reads the gap from the log's temporary OBS link with one
+ranged request, streamed, yielding a span per :data:`OBS_CHUNK_BYTES`, so memory stays bounded and
+progress is committed as it goes.
+
+A reader that has caught up on a log larger than :data:`TAIL_VIA_OBS_BYTES` reads what is new
+with ``Range: bytes=position-`` on the (cached) link instead of the preview: one request either
+way, but only the new bytes travel instead of up to 5 MB of JSON per poll. The answer's
+``Content-Range`` gives the log size; when the OBS object is behind the position (or the link
+does not say its size) the reader falls back to the preview, which also notices restarts.
+Links carry credentials: they never reach a log message, error or record.
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ PREVIEW_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/previe
 LINK_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/url"
 PREVIEW_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/preview"
 LINK_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/url"
-OBS_CHUNK_BYTES = 1 << 20  # one ranged OBS request, and one span, per MiB of backlog
+OBS_CHUNK_BYTES = 1 << 20  # one span per MiB of a streamed OBS range
+TAIL_VIA_OBS_BYTES = 256 << 10  # caught up on a log this large: read new bytes from OBS, not the preview
 PREVIEW_SPAN_BYTES = 1 << 20
 LINK_MAX_AGE_S = 240.0  # links live 5 minutes: fetch a fresh one before that
 MAX_LINK_RENEWALS = 5  # consecutive 403s without progress before giving up on this poll
 MAX_OBS_MISSES = 3  # polls in a row the OBS object lacked bytes the preview is past: record a gap
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*$")
 
 
 class TaskJobConfig(BaseModel):
@@ -90,10 +98,6 @@ class TaskLogTarget:
         return f"{SOURCE}/{self.job_id}/{self.task}"
 
 
-class _StreamBroken(Exception):
-    """The OBS answer broke off mid-body; the range is requested again."""
-
-
 class TaskLogReader(ByteLogReader):
     """Reads one task's log from its cursor on (see the module docstring)."""
 
@@ -113,8 +117,20 @@ class TaskLogReader(ByteLogReader):
         self._link: str | None = None
         self._link_ns = 0
         self._obs_misses = 0
+        self._obs_size: int | None = None
+        self._obs_sizes_known = True
+        self._tail_via_obs = False
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+        if self.assembler is not None and not draining and self._tail_via_obs:
+            tailed = False
+            async for span in self._tail_from_obs():
+                if span is None:
+                    tailed = True
+                else:
+                    yield span
+            if tailed:
+                return
         preview = await self._client.get_model(self._preview_path, PreviewResponse, endpoint=PREVIEW_ENDPOINT)
         size = preview.full_size
         content = preview.content.encode("utf-8")
@@ -147,6 +163,29 @@ class TaskLogReader(ByteLogReader):
         if flushed is not None:
             yield flushed
         self.lag(size)
+        self._tail_via_obs = self._obs_sizes_known and size >= TAIL_VIA_OBS_BYTES and self.position >= size
+
+    async def _tail_from_obs(self) -> AsyncIterator[Span | None]:
+        """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
+        self._obs_size = None
+        try:
+            async for span in self._read_obs(self.position, None):
+                yield span
+        except (ApiError, ResponseFormatError) as exc:
+            self.context.logger.debug("%s: OBS tail read failed, using the preview: %s", self.key, exc)
+            self._tail_via_obs = False
+            return
+        size = self._obs_size
+        if size is None:
+            self._obs_sizes_known = False  # this OBS does not say its size: the preview it is
+        if size is None or size < self.position:
+            self._tail_via_obs = False
+            return
+        flushed = self.flush_span(draining=False)
+        if flushed is not None:
+            yield flushed
+        self.lag(size)
+        yield None
 
     def _first_offset(self, size: int, content: bytes) -> int:
         """``beginning``: 0. ``end``: the start of the last, unfinished line if the preview shows it."""
@@ -157,33 +196,58 @@ class TaskLogReader(ByteLogReader):
             return 0 if len(content) == size else size
         return size - len(content) + newline + 1
 
-    async def _read_obs(self, start: int, stop: int) -> AsyncIterator[Span]:
-        pos = start
-        while pos < stop:
-            data = await self._obs_range(pos, min(stop, pos + OBS_CHUNK_BYTES))
-            if not data:
-                return  # the object is shorter than the preview said: the next poll looks again
-            yield self.span(data, pos)
-            pos += len(data)
+    async def _read_obs(self, start: int, stop: int | None) -> AsyncIterator[Span]:
+        """Stream bytes ``[start, stop)`` (``None``: to the end) from the OBS link, a span per MiB.
 
-    async def _obs_range(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the log from its OBS link (fewer if the object is shorter)."""
-        renewals = 0
-        broken = 0
-        while True:
+        One ranged request; a fresh link on 403, and a new request from the last byte handed on
+        when the answer breaks off. Ends early when the object is shorter.
+        """
+        pos = start
+        renewals = broken = 0
+        while stop is None or pos < stop:
             url = await self._obs_link()
+            buf = bytearray()
             try:
-                async with self._client.stream_obs(url, start, end - 1) as response:
-                    return await _read_body(response, start, end)
+                async with self._client.stream_obs(url, pos, None if stop is None else stop - 1) as response:
+                    skip = self._answer_offset(response, pos)
+                    if skip is None:
+                        return
+                    async for chunk in response.aiter_bytes():
+                        if skip:
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk, skip = chunk[skip:], 0
+                        if stop is not None:
+                            chunk = chunk[: stop - pos - len(buf)]
+                        buf += chunk
+                        while len(buf) >= OBS_CHUNK_BYTES:
+                            span = self.span(bytes(buf[:OBS_CHUNK_BYTES]), pos)
+                            del buf[:OBS_CHUNK_BYTES]
+                            pos = self.position
+                            renewals = broken = 0
+                            yield span
+                        if stop is not None and pos + len(buf) >= stop:
+                            break
+                if buf:
+                    yield self.span(bytes(buf), pos)
+                return
             except ObsLinkExpired:
                 self._link = None
                 renewals += 1
                 if renewals > MAX_LINK_RENEWALS:
                     raise
-            except _StreamBroken:
+            except httpx.HTTPError:
                 broken += 1
                 if broken >= self._client.retry.max_attempts:
                     raise ApiError(endpoint="obs", status=0, error_msg="the answer broke off repeatedly") from None
+
+    def _answer_offset(self, response: httpx.Response, start: int) -> int | None:
+        """Bytes to skip before ``start`` in this answer (None: nothing there); notes the log size."""
+        skip, size = answer_window(response.status_code, response.headers.get("content-range", ""), start)
+        if size is not None:
+            self._obs_size = size
+        return skip
 
     async def _obs_link(self) -> str:
         now = self.context.clock_ns()
@@ -196,33 +260,22 @@ class TaskLogReader(ByteLogReader):
         return self._link
 
 
-async def _read_body(response: httpx.Response, start: int, end: int) -> bytes:
-    """The bytes ``[start, end)`` of an OBS answer: 206 from its Content-Range, 200 from 0."""
-    if response.status_code == 416:
-        return b""
-    skip = start
-    if response.status_code == 206:
-        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-        first = int(match.group(1)) if match else start
+def answer_window(status: int, content_range: str, start: int) -> tuple[int | None, int | None]:
+    """Where byte ``start`` lies in an OBS answer, and the object's size when the answer says it.
+
+    206: from its ``Content-Range``; 200 (Range ignored): the whole object, from byte 0;
+    416: nothing there (``bytes */SIZE`` still gives the size).
+    """
+    match = _CONTENT_RANGE.match(content_range)
+    size = int(match.group(2)) if match and match.group(2) != "*" else None
+    if status == 416:
+        return None, size
+    if status == 206:
+        first = int(match.group(1)) if match and match.group(1) else start
         if first > start:
             raise ResponseFormatError("obs", "Content-Range", f"range starts at {first}, after {start}")
-        skip = start - first
-    want = end - start
-    buf = bytearray()
-    try:
-        async for chunk in response.aiter_bytes():
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk = chunk[skip:]
-                skip = 0
-            buf += chunk[: want - len(buf)]
-            if len(buf) >= want:
-                break
-    except httpx.HTTPError:
-        raise _StreamBroken from None
-    return bytes(buf)
+        return start - first, size
+    return start, size
 
 
 class TaskLogsSource:
