@@ -173,6 +173,9 @@ class Scheduler:
                     await _sleep_or_stop(self._stop, interval, state.wake)
                     continue
                 self.polls_completed += 1
+                if getattr(reader, "behind", False):
+                    interval = base
+                    continue  # it stopped early with more to read (draining too): no pause
                 if draining:
                     break
                 interval = base if produced else min(ceiling, interval * 1.5)

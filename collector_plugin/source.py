@@ -53,7 +53,11 @@ class Target(Protocol):
 
 
 class Reader(Protocol):
-    """Reads one target from its cursor on; keeps in memory what lies beyond the cursor."""
+    """Reads one target from its cursor on; keeps in memory what lies beyond the cursor.
+
+    A reader that stopped a poll early with more to read may set an attribute ``behind = True``:
+    the scheduler then polls it again at once instead of waiting for the interval.
+    """
 
     key: str
 

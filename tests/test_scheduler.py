@@ -142,3 +142,29 @@ async def test_stop_cancels_a_poll_blocked_on_backpressure() -> None:
     config = SourceConfig(poll_interval=0.01)
     scheduler = Scheduler([SourceRuntime("fake", source, config)], BlockedSink(), {}, Metrics(), jitter=False)  # type: ignore[arg-type]
     await run_for(scheduler, 0.2)  # returns although put() never does
+
+
+async def test_a_reader_still_behind_is_polled_again_at_once() -> None:
+    class BehindReader:
+        key = "fake/behind"
+
+        def __init__(self) -> None:
+            self.polls = 0
+            self.behind = False
+
+        async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+            self.polls += 1
+            self.behind = self.polls < 4
+            yield Span(self.key, [_record(self.key, str(self.polls))], cursor=str(self.polls))
+
+    reader = BehindReader()
+
+    class Src(FakeSource):
+        def open(self, target: Any, cursor: str | None) -> Any:
+            return reader
+
+    scheduler, sink = make(Src([FakeTarget("fake/behind")]), poll=5.0, max_poll=5.0)
+    await run_for(scheduler, 0.5)
+    # three polls that stopped early are followed at once; the fourth waits for the 5 s interval
+    assert reader.polls == 4
+    assert [s.cursor for s in sink.spans] == ["1", "2", "3", "4"]

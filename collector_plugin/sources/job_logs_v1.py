@@ -34,6 +34,7 @@ LOG_PATH = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
 LOG_ENDPOINT = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
 MAX_RANGE = 2048  # the API's limit per call
 SPAN_BYTES = 64 * 1024  # a catching-up reader yields a span (a commit point) this often
+MAX_CALLS_PER_POLL = 256  # 512 KiB a poll; a reader still behind asks to be polled again at once
 _REPLACEMENT = "\ufffd".encode()
 
 
@@ -123,6 +124,7 @@ class V1LogReader(ByteLogReader):
         self._client = context.client
         self._path = context.client.path(LOG_PATH, job_id=target.job_id, version_id=target.version_id)
         self._file = target.file_name
+        self.behind = False
 
     async def _get(self, start: int, length: int = MAX_RANGE) -> V1LogResponse:
         resp = await self._client.get_model(
@@ -177,10 +179,15 @@ class V1LogReader(ByteLogReader):
         return size - len(tail) + newline + 1
 
     async def _read_ranges(self, pos: int, size: int | None, *, final: bool) -> AsyncIterator[Span]:
-        """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB."""
+        """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB.
+
+        At most :data:`MAX_CALLS_PER_POLL` calls, then ``behind`` tells the scheduler to poll again
+        at once: one poll never runs unbounded, whatever size the server claims.
+        """
         buf = bytearray()
         buf_start = pos
-        while True:
+        self.behind = False
+        for _ in range(MAX_CALLS_PER_POLL):
             resp = await self._get(pos)
             data = complete_prefix(resp, MAX_RANGE, final=final)
             buf += data
@@ -194,6 +201,8 @@ class V1LogReader(ByteLogReader):
             short = resp.raw_count(resp.log.encode("utf-8")) < MAX_RANGE
             if short or not data or (size is not None and pos >= size):
                 break
+        else:
+            self.behind = True
         if buf:
             yield self.span(bytes(buf), buf_start)
 
