@@ -137,7 +137,9 @@ class ExporterConfig(_Strict):
     tls: TlsConfig = TlsConfig()
     batch: BatchConfig = BatchConfig()
     queue_size: int = Field(default=50_000, ge=1, description="Records held before sources wait.")
-    max_in_flight: int = Field(default=2, ge=1, le=16)
+    max_in_flight: int = Field(
+        default=1, ge=1, le=16, description="1 keeps every log in order at the collector; 2 overlaps round trips."
+    )
     retry_initial_backoff: Duration = 0.5
     retry_max_backoff: Duration = 30.0
 
