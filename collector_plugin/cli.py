@@ -82,10 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def demo_config(sim: Any, checkpoint_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     """A receiver config that reads everything the simulator serves."""
-    v1_jobs = [
-        {"job_id": job.job_id, "version_id": job.version_id, "log_files": []}
-        for job in sim.scenario.v1_jobs
-    ]
+    v1_jobs = [{"job_id": job.job_id, "version_id": job.version_id, "log_files": []} for job in sim.scenario.v1_jobs]
     fast = {"poll_interval": "1s", "max_poll_interval": "5s"}
     sources: dict[str, Any] = {
         "training_task_logs": {

@@ -79,7 +79,12 @@ async def test_retryable_faults_are_retried(sim: Simulator, client: ModelArtsCli
     preview = await get_preview(client)
     assert preview.content.startswith("hello")
     assert sim.count() == 3  # two faults, then the answer
-    assert client.metrics.api_retries.labels(PREVIEW, "connection" if fault.get("reset") else str(fault["status"]))._value.get() == 2
+    assert (
+        client.metrics.api_retries.labels(
+            PREVIEW, "connection" if fault.get("reset") else str(fault["status"])
+        )._value.get()
+        == 2
+    )
 
 
 async def test_retry_after_is_honoured(sim: Simulator, client: ModelArtsClient) -> None:

@@ -154,7 +154,14 @@ def test_validate_command_exit_codes(capsys: pytest.CaptureFixture[str], monkeyp
 
 def test_validate_command_as_installed_script() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "collector_plugin.cli", "validate", "--config", str(DATA / "invalid_two_auth_methods.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "collector_plugin.cli",
+            "validate",
+            "--config",
+            str(DATA / "invalid_two_auth_methods.yaml"),
+        ],
         capture_output=True,
         text=True,
         check=False,

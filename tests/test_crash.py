@@ -42,9 +42,19 @@ def lines(start: int, n: int) -> bytes:
 
 def write_config(path: Path, sim: Simulator, collector: RotelCollector) -> None:
     config: dict[str, Any] = {
-        "modelarts": {"region": "sim-1", "endpoint": sim.url, "project_id": sim.project_id, "auth": {"ak": sim.ak, "sk": sim.sk}},
+        "modelarts": {
+            "region": "sim-1",
+            "endpoint": sim.url,
+            "project_id": sim.project_id,
+            "auth": {"ak": sim.ak, "sk": sim.sk},
+        },
         "sources": {
-            "training_task_logs": {"poll_interval": "100ms", "max_poll_interval": "500ms", "start_at": "beginning", "jobs": [{"id": JOB, "tasks": ["worker-0"]}]}
+            "training_task_logs": {
+                "poll_interval": "100ms",
+                "max_poll_interval": "500ms",
+                "start_at": "beginning",
+                "jobs": [{"id": JOB, "tasks": ["worker-0"]}],
+            }
         },
         "exporter": {
             "protocol": "grpc",
@@ -118,7 +128,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
         offsets.append(pos)
         pos += len(line) + 1
     assert sorted(copies) == offsets, "a line is missing (or an unknown one arrived)"
-    for offset, line in zip(offsets, expected):
+    for offset, line in zip(offsets, expected, strict=True):
         bodies = {c["body"] for c in copies[offset]}
         uids = {c["attributes"]["log.record.uid"] for c in copies[offset]}
         assert bodies == {line.decode()}

@@ -56,7 +56,12 @@ def scenario() -> tuple[Scenario, dict[str, Any], Update]:
     job.task("worker-0").append(log_text(600))
     base = 1_700_000_000_000
     for i in range(120):
-        job.add_event(f"event {i}", level=("Info", "Warning", "Error")[i % 3], source=("Job", "K8s", "Task")[i % 3], time_ms=base + (i // 7) * 1000)
+        job.add_event(
+            f"event {i}",
+            level=("Info", "Warning", "Error")[i % 3],
+            source=("Job", "K8s", "Task")[i % 3],
+            time_ms=base + (i // 7) * 1000,
+        )
     v1 = sc.add_v1_job(10, 11, {"log1.log": log_text(150)})
     service = sc.add_service(SERVICE, name="resnet-svc", infer_type="real-time")
     update = service.start_update(time_ms=base)  # RUNNING now; finished while the receiver runs
@@ -72,14 +77,29 @@ def scenario() -> tuple[Scenario, dict[str, Any], Update]:
 def receiver_config(sim: Simulator, tmp: Path, protocol: str, endpoint: str) -> dict[str, Any]:
     fast = {"poll_interval": "200ms", "max_poll_interval": "1s"}
     return {
-        "modelarts": {"region": "sim-1", "endpoint": sim.url, "project_id": sim.project_id, "auth": {"ak": sim.ak, "sk": sim.sk}},
+        "modelarts": {
+            "region": "sim-1",
+            "endpoint": sim.url,
+            "project_id": sim.project_id,
+            "auth": {"ak": sim.ak, "sk": sim.sk},
+        },
         "sources": {
             "training_task_logs": {**fast, "start_at": "beginning", "flush_after": "500ms", "jobs": [{"id": JOB}]},
-            "training_job_logs_v1": {**fast, "start_at": "beginning", "flush_after": "500ms", "jobs": [{"job_id": 10, "version_id": 11, "log_files": ["log1.log"]}]},
+            "training_job_logs_v1": {
+                **fast,
+                "start_at": "beginning",
+                "flush_after": "500ms",
+                "jobs": [{"job_id": 10, "version_id": 11, "log_files": ["log1.log"]}],
+            },
             "training_job_events": {**fast, "jobs": [{"id": JOB}]},
             "service_update_logs": {**fast, "services": [{"id": SERVICE}]},
         },
-        "exporter": {"protocol": protocol, "endpoint": endpoint, "batch": {"max_records": 200, "max_delay": "100ms"}, "retry_max_backoff": "500ms"},
+        "exporter": {
+            "protocol": protocol,
+            "endpoint": endpoint,
+            "batch": {"max_records": 200, "max_delay": "100ms"},
+            "retry_max_backoff": "500ms",
+        },
         "checkpoint": {"path": str(tmp / "cp.db")},
         "telemetry": {"listen": ""},
     }

@@ -61,7 +61,10 @@ def test_event_severity_and_source() -> None:
 
 def test_task_line_record() -> None:
     mapper = LineMapper(
-        project_id="p", source="training_task_logs", target="t/j/w", shared=task_log_attributes("j", "worker-0", "job-a")
+        project_id="p",
+        source="training_task_logs",
+        target="t/j/w",
+        shared=task_log_attributes("j", "worker-0", "job-a"),
     )
     record = mapper.record("[ERROR] 训练失败 🔥", 4096, observed_ns=7)
     assert record.body == "[ERROR] 训练失败 🔥"
@@ -134,7 +137,13 @@ def test_service_update_record_redacts_envs() -> None:
         result="FAIL",
         config=[
             {"model_name": "resnet", "model_version": "1.0.1", "weight": 70, "envs": {"DB_PASSWORD": "hunter2"}},
-            {"model_name": "resnet", "model_version": "1.0.2", "weight": 30, "instance_count": 2, "specification": "gpu"},
+            {
+                "model_name": "resnet",
+                "model_version": "1.0.2",
+                "weight": 30,
+                "instance_count": 2,
+                "specification": "gpu",
+            },
         ],
         success_num=1,
         failed_num=2,

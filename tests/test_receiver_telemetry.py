@@ -33,7 +33,11 @@ def config(sim: Simulator, tmp: Path) -> dict[str, Any]:
                 "jobs": [{"job_id": 7, "version_id": 1, "log_files": ["train.log"]}],
             }
         },
-        "exporter": {"batch": {"max_records": 100, "max_delay": "50ms"}, "retry_initial_backoff": "50ms", "retry_max_backoff": "100ms"},
+        "exporter": {
+            "batch": {"max_records": 100, "max_delay": "50ms"},
+            "retry_initial_backoff": "50ms",
+            "retry_max_backoff": "100ms",
+        },
         "checkpoint": {"path": str(tmp / "cp.db")},
         "telemetry": {"listen": "127.0.0.1:0"},
     }
@@ -46,7 +50,13 @@ async def test_metrics_move_while_catching_up(tmp_path: Path) -> None:
     transport = MemoryTransport()
     with Simulator(scenario) as sim:
         registry = load_sources()
-        receiver = build_receiver(parse_config(config(sim, tmp_path), registry, environ={}), registry, transport=transport, environ={}, jitter=False)
+        receiver = build_receiver(
+            parse_config(config(sim, tmp_path), registry, environ={}),
+            registry,
+            transport=transport,
+            environ={},
+            jitter=False,
+        )
         assert receiver.telemetry is not None
         assert receiver.ready() == (False, "starting")
         stop = asyncio.Event()

@@ -105,7 +105,7 @@ async def test_failing_target_does_not_stop_others_and_reopens_at_last_cursor() 
     assert len(bad_opens) >= 2
     bad_cursors = [s.cursor for s in sink.spans if s.target == "fake/bad"]
     # every reopen starts at the last cursor handed to the pipeline, never at an older one
-    for reopened, previous in zip(bad_opens[1:], bad_cursors):
+    for reopened, previous in zip(bad_opens[1:], bad_cursors, strict=False):
         assert reopened == previous
     assert scheduler.metrics.target_errors.labels("fake", "RuntimeError")._value.get() >= 1
 

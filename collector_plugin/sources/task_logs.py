@@ -41,9 +41,9 @@ PREVIEW_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/previe
 LINK_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/url"
 PREVIEW_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/preview"
 LINK_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/url"
-OBS_CHUNK_BYTES = 1 << 20  # one span per MiB of a streamed OBS range
+OBS_CHUNK_BYTES = 256 << 10  # a span per 256 KiB of a streamed OBS range: the event loop breathes between spans
 TAIL_VIA_OBS_BYTES = 256 << 10  # caught up on a log this large: read new bytes from OBS, not the preview
-PREVIEW_SPAN_BYTES = 1 << 20
+PREVIEW_SPAN_BYTES = 256 << 10
 LINK_MAX_AGE_S = 240.0  # links live 5 minutes: fetch a fresh one before that
 MAX_LINK_RENEWALS = 5  # consecutive 403s without progress before giving up on this poll
 MAX_OBS_MISSES = 3  # polls in a row the OBS object lacked bytes the preview is past: record a gap
@@ -197,7 +197,7 @@ class TaskLogReader(ByteLogReader):
         return size - len(content) + newline + 1
 
     async def _read_obs(self, start: int, stop: int | None) -> AsyncIterator[Span]:
-        """Stream bytes ``[start, stop)`` (``None``: to the end) from the OBS link, a span per MiB.
+        """Stream bytes ``[start, stop)`` (``None``: to the end) from the OBS link, a span per OBS_CHUNK_BYTES.
 
         One ranged request; a fresh link on 403, and a new request from the last byte handed on
         when the answer breaks off. Ends early when the object is shorter.
