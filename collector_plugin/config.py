@@ -125,7 +125,7 @@ class TlsConfig(_Strict):
 class BatchConfig(_Strict):
     max_records: int = Field(default=4000, ge=1)
     max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Stay well under the 4 MiB gRPC limit.")
-    max_delay: Duration = 1.0
+    max_delay: Duration = 0.2  # like the Collector's batch processor: latency matters more than request count
 
 
 class ExporterConfig(_Strict):

@@ -40,7 +40,7 @@ import httpx
 from collector_plugin.checkpoint import CursorStore
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.errors import ConfigError, ExportError, ReceiverError
-from collector_plugin.otlp import OtlpEncoder, encode_framed_log_record
+from collector_plugin.otlp import SCOPE_NAME, OtlpEncoder, encode_framed_log_record
 from collector_plugin.records import Attributes, Span
 from collector_plugin.telemetry import Metrics
 
@@ -462,7 +462,7 @@ class Pipeline:
         retry_max: float,
         metrics: Metrics,
         scope_version: str = "",
-        scope_name: str = "collector_plugin",
+        scope_name: str = SCOPE_NAME,
     ) -> None:
         self._transport = transport
         self._store = store
@@ -820,10 +820,14 @@ def build_pipeline(
     metrics: Metrics,
     environ: Mapping[str, str],
     scope_version: str = "",
+    transport: Transport | None = None,
 ) -> Pipeline:
-    """A :class:`Pipeline` wired from the ``exporter`` config (and ``OTEL_EXPORTER_OTLP_*``)."""
+    """A :class:`Pipeline` wired from the ``exporter`` config (and ``OTEL_EXPORTER_OTLP_*``).
+
+    ``transport`` replaces the OTLP transport (tests, the console of ``demo``).
+    """
     return Pipeline(
-        make_transport(resolve_exporter(cfg, environ)),
+        transport or make_transport(resolve_exporter(cfg, environ)),
         store,
         resource_for,
         batch=cfg.batch,

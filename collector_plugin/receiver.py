@@ -17,7 +17,7 @@ from collector_plugin.auth import make_auth
 from collector_plugin.checkpoint import CheckpointStore
 from collector_plugin.client import ModelArtsClient, RetryPolicy
 from collector_plugin.config import Config
-from collector_plugin.export import Pipeline, Transport, make_transport, resolve_exporter
+from collector_plugin.export import Pipeline, Transport, build_pipeline
 from collector_plugin.logs import register_secret
 from collector_plugin.mapping import resource_attributes
 from collector_plugin.plugins import RegisteredSource
@@ -27,8 +27,6 @@ from collector_plugin.source import SourceContext
 from collector_plugin.telemetry import Metrics, TelemetryServer
 
 log = logging.getLogger("collector_plugin.receiver")
-
-SCOPE_NAME = "modelarts-otel-receiver"
 
 
 @dataclass
@@ -130,20 +128,14 @@ def build_receiver(
         verify=verify,
     )
     store = CheckpointStore.open(config.checkpoint.path)
-    exporter = config.exporter
-    if transport is None:
-        transport = make_transport(resolve_exporter(exporter, environ))
-    pipeline = Pipeline(
-        transport,
+    pipeline = build_pipeline(
+        config.exporter,
         store,
         _resource_for(config, environ),
-        batch=exporter.batch,
-        queue_size=exporter.queue_size,
-        max_in_flight=exporter.max_in_flight,
-        retry_initial=float(exporter.retry_initial_backoff),
-        retry_max=float(exporter.retry_max_backoff),
-        metrics=metrics,
+        metrics,
+        environ,
         scope_version=__version__,
+        transport=transport,
     )
     context = SourceContext(client=client, project_id=ma.project_id, region=ma.region, metrics=metrics)
     runtimes = [SourceRuntime(name, registry[name].cls(cfg, context), cfg) for name, cfg in config.sources.items()]
