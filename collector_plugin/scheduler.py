@@ -144,12 +144,14 @@ class Scheduler:
         if self.jitter and not state.draining:
             await _sleep_or_stop(self._stop, random.uniform(0, min(base, 5.0)), state.wake)
         reader: Reader | None = None
+        loop = asyncio.get_running_loop()
         try:
             while not self._stop.is_set():
                 draining = state.draining
                 if reader is None:
                     reader = rt.source.open(state.target, state.cursor)
                 produced = False
+                started = loop.time()
                 try:
                     async for span in reader.poll(draining=draining):
                         await self.sink.put(span)
@@ -179,7 +181,8 @@ class Scheduler:
                 if draining:
                     break
                 interval = base if produced else min(ceiling, interval * 1.5)
-                await _sleep_or_stop(self._stop, interval, state.wake)
+                # A fixed rate: the poll's own duration counts toward the interval.
+                await _sleep_or_stop(self._stop, max(0.0, interval - (loop.time() - started)), state.wake)
                 state.wake.clear()
         finally:
             if not self._stop.is_set() or state.draining:
