@@ -75,6 +75,15 @@ def test_installed_plugin_is_listed_with_its_distribution(installed_example: Non
     assert {r.origin for n, r in registry.items() if n != "hello_heartbeat"} == {"builtin"}
 
 
+def test_sources_command_lists_the_installed_plugin(installed_example: None) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector_plugin.cli", "sources"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("hello_heartbeat "))
+    assert f"{DIST} 0.1.0" in line
+
+
 def test_installed_plugin_config_validates(installed_example: None) -> None:
     registry = load_sources()
     config = parse_config(_config({"hello_heartbeat": {"message": "hi", "names": ["a", "b"]}}), registry, environ={})
