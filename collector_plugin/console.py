@@ -61,6 +61,9 @@ def format_line(
     when = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
     level = severity_text or "-"
     origin = next((str(attributes[k]) for k in _SHOWN if k in attributes), service)
+    if "log.file.name" in attributes:
+        job = attributes.get("modelarts.training_job.id")
+        origin = f"job {job} v{attributes.get('modelarts.training_job.version.id')} {attributes['log.file.name']}"
     if "modelarts.task.id" in attributes:
         job = attributes.get("modelarts.training_job.name") or attributes.get("modelarts.training_job.id")
         origin = f"{job}/{attributes['modelarts.task.id']}"
