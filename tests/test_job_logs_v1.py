@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from log_helpers import FakeClock, expected_lines, joined, mixed_text
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.client import ModelArtsClient, RetryPolicy
@@ -27,45 +27,6 @@ from collector_plugin.telemetry import Metrics
 
 V1_LOG = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
 V1_FILE_NAMES = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log/file-names"
-MIXED = ["a", " ", "中", "文", "😀", "é", "\n", "\r\n", "[WARN] ", "x" * 25]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1e9)
-
-
-def expected_lines(data: bytes) -> list[str]:
-    parts = data.split(b"\n")
-    last = parts.pop()
-    out = [(p[:-1] if p.endswith(b"\r") else p).decode("utf-8", "replace") for p in parts]
-    last = last[:-1] if last.endswith(b"\r") else last  # a CR that ends the log ends its line
-    if last:
-        out.append(last.decode("utf-8", "replace"))
-    return out
-
-
-def joined(records: list[Record]) -> list[str]:
-    out: list[str] = []
-    for rec in records:
-        if rec.event_name:
-            continue
-        if rec.attributes.get("modelarts.log.continued") and out:
-            out[-1] += str(rec.body)
-        else:
-            out.append(str(rec.body))
-    return out
-
-
-def mixed_text(seed: int, n: int) -> bytes:
-    rnd = random.Random(seed)
-    return "".join(rnd.choice(MIXED) for _ in range(n)).encode()
 
 
 def straddling(n: int, char: str) -> bytes:
