@@ -1,11 +1,13 @@
-"""Helpers shared by the log-source tests: a hand-moved clock and the expected line split."""
+"""Helpers shared by the log-source tests: a hand-moved clock, the expected line split, a reader harness."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
-from collector_plugin.records import Record
+from collector_plugin.records import Record, Span
+from collector_plugin.source import Reader
 
 MIXED = ("a", "b", " ", "中", "文", "😀", "é", "\n", "\r\n", "[INFO] ", "[WARN] ", "ERROR ", "x" * 30)
 
@@ -51,3 +53,31 @@ def mixed_text(seed: int, n: int, alphabet: Sequence[str] = MIXED) -> bytes:
     """``n`` random pieces of multibyte text, CRLF and level tokens."""
     rnd = random.Random(seed)
     return "".join(rnd.choice(alphabet) for _ in range(n)).encode()
+
+
+class Harness:
+    """Drives one reader like the scheduler does, optionally reopening it at the last cursor."""
+
+    def __init__(self, source: Any, target: Any) -> None:
+        self.source = source
+        self.target = target
+        self.cursor: str | None = None
+        self.records: list[Record] = []
+        self.spans: list[Span] = []
+        self.reader: Reader = source.open(target, None)
+
+    async def poll(self, *, draining: bool = False, crash_after: int | None = None) -> None:
+        """Poll once; with ``crash_after``, stop after that many spans and reopen at the cursor."""
+        count = 0
+        gen: AsyncIterator[Span] = self.reader.poll(draining=draining)
+        async for span in gen:
+            self.spans.append(span)
+            self.records += span.records
+            if span.cursor is not None:
+                self.cursor = span.cursor
+            count += 1
+            if crash_after is not None and count >= crash_after:
+                break
+        await gen.aclose()  # type: ignore[attr-defined]
+        if crash_after is not None:
+            self.reader = self.source.open(self.target, self.cursor)

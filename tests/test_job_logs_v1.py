@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from log_helpers import FakeClock, expected_lines, joined, mixed_text
+from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.client import ModelArtsClient, RetryPolicy
-from collector_plugin.records import Record, Span
 from collector_plugin.simulator import ALL_QUIRKS, LogGenerator, Scenario, Simulator
-from collector_plugin.source import Reader, SourceContext
+from collector_plugin.source import SourceContext
 from collector_plugin.sources.job_logs_v1 import (
     JobLogsV1Config,
     JobLogsV1Source,
     V1LogResponse,
-    V1LogTarget,
     complete_prefix,
 )
 from collector_plugin.telemetry import Metrics
@@ -37,31 +35,6 @@ def straddling(n: int, char: str) -> bytes:
         out += (char * (i % 700 + 1) + ("\r\n" if i % 5 == 0 else "\n")).encode()
         i += 1
     return bytes(out)
-
-
-class Harness:
-    def __init__(self, source: JobLogsV1Source, target: V1LogTarget) -> None:
-        self.source = source
-        self.target = target
-        self.cursor: str | None = None
-        self.records: list[Record] = []
-        self.spans: list[Span] = []
-        self.reader: Reader = source.open(target, None)
-
-    async def poll(self, *, draining: bool = False, crash_after: int | None = None) -> None:
-        count = 0
-        gen: AsyncIterator[Span] = self.reader.poll(draining=draining)
-        async for span in gen:
-            self.spans.append(span)
-            self.records += span.records
-            if span.cursor is not None:
-                self.cursor = span.cursor
-            count += 1
-            if crash_after is not None and count >= crash_after:
-                break
-        await gen.aclose()  # type: ignore[attr-defined]
-        if crash_after is not None:
-            self.reader = self.source.open(self.target, self.cursor)
 
 
 @pytest.fixture

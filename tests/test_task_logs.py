@@ -6,18 +6,17 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from log_helpers import FakeClock, expected_lines, joined, mixed_text
+from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.client import ModelArtsClient, RetryPolicy
 from collector_plugin.errors import ResponseFormatError
-from collector_plugin.records import Record, Span
 from collector_plugin.simulator import LogGenerator, Scenario, Simulator, TaskLog
-from collector_plugin.source import Reader, SourceContext
+from collector_plugin.source import SourceContext
 from collector_plugin.sources.task_logs import TaskLogsConfig, TaskLogsSource, TaskLogTarget, answer_window
 from collector_plugin.telemetry import Metrics
 
@@ -43,34 +42,6 @@ def make_sim(scenario: Scenario) -> Iterator[Any]:
     yield make
     for sim in started:
         sim.stop()
-
-
-class Harness:
-    """Drives one reader like the scheduler does, optionally reopening it at the last cursor."""
-
-    def __init__(self, source: TaskLogsSource, target: TaskLogTarget) -> None:
-        self.source = source
-        self.target = target
-        self.cursor: str | None = None
-        self.records: list[Record] = []
-        self.spans: list[Span] = []
-        self.reader: Reader = source.open(target, None)
-
-    async def poll(self, *, draining: bool = False, crash_after: int | None = None) -> None:
-        """Poll once; with ``crash_after``, stop after that many spans and reopen at the cursor."""
-        count = 0
-        gen: AsyncIterator[Span] = self.reader.poll(draining=draining)
-        async for span in gen:
-            self.spans.append(span)
-            self.records += span.records
-            if span.cursor is not None:
-                self.cursor = span.cursor
-            count += 1
-            if crash_after is not None and count >= crash_after:
-                break
-        await gen.aclose()  # type: ignore[attr-defined]
-        if crash_after is not None:
-            self.reader = self.source.open(self.target, self.cursor)
 
 
 async def make_source(
