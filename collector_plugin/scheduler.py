@@ -24,6 +24,7 @@ from collector_plugin.telemetry import Metrics
 log = logging.getLogger("collector_plugin.scheduler")
 
 DEFAULT_REFRESH_INTERVAL = 60.0
+JITTER_PER_TARGET = 0.01
 
 
 class SpanSink(Protocol):
@@ -142,7 +143,10 @@ class Scheduler:
         interval = base
         failures = 0
         if self.jitter and not state.draining:
-            await _sleep_or_stop(self._stop, random.uniform(0, min(base, 5.0)), state.wake)
+            # Spread first polls over up to 10 ms per target (at most the interval, at most 5 s):
+            # a thousand targets do not poll in one wave, a handful start at once.
+            spread = min(base, 5.0, JITTER_PER_TARGET * len(self._targets[rt.name]))
+            await _sleep_or_stop(self._stop, random.uniform(0, spread), state.wake)
         reader: Reader | None = None
         loop = asyncio.get_running_loop()
         try:
