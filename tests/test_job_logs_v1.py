@@ -186,6 +186,23 @@ async def test_log_restarted_shorter_is_read_again_with_a_record_saying_so(make_
     assert restarts == 1
 
 
+async def test_log_restarted_and_grown_past_the_cursor_is_still_caught(make_sim: Any) -> None:
+    scenario = Scenario()
+    job = scenario.add_v1_job(7, 1, {"train.log": b"attempt 1 started\nattempt 1 failed\n"})
+    sim = make_sim(scenario)
+    source, client = make_source(sim, start_at="beginning")
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()
+        new = b"attempt 2 started\nattempt 2 is healthy\nepoch 1 done\n"
+        job.file("train.log").restart(new)
+        await harness.poll()
+        await harness.poll()
+    bodies = [str(r.body) for r in harness.records if not r.event_name]
+    assert bodies == ["attempt 1 started", "attempt 1 failed", *expected_lines(new)]
+    assert [r.event_name for r in harness.records].count("modelarts.log.restarted") == 1
+
+
 async def test_start_at_end_skips_history_and_resumes_from_checkpoint(make_sim: Any) -> None:
     scenario = Scenario()
     job = scenario.add_v1_job(7, 1, {"train.log": b"history\n" * 1000 + b"unfin"})

@@ -199,6 +199,24 @@ async def test_log_restarted_shorter_is_read_again_with_a_record_saying_so(make_
     assert restarts == 1
 
 
+async def test_log_restarted_and_grown_past_the_cursor_is_still_caught(make_sim: Any, scenario: Scenario) -> None:
+    # A job that crash-loops at start: by the next poll its new log is already longer than the
+    # old one, so the size cannot tell; the bytes before the position can.
+    log = add_log(scenario, b"[INFO] starting attempt 1\n[ERROR] CUDA init failed\n")
+    sim = make_sim()
+    source, client = await make_source(sim, start_at="beginning")
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()
+        new = b"[INFO] starting attempt 2\n[INFO] CUDA ready\n[INFO] epoch 1 loss=2.1\n"
+        log.restart(new)
+        await harness.poll()
+        await harness.poll()
+    bodies = [str(r.body) for r in harness.records if not r.event_name]
+    assert bodies == ["[INFO] starting attempt 1", "[ERROR] CUDA init failed", *expected_lines(new)]
+    assert [r.event_name for r in harness.records].count("modelarts.log.restarted") == 1
+
+
 async def test_resume_from_a_cursor_shorter_than_the_log_detects_the_restart(make_sim: Any, scenario: Scenario) -> None:
     add_log(scenario, b"short\n")
     sim = make_sim()

@@ -149,7 +149,8 @@ class V1LogReader(ByteLogReader):
             else:
                 self.start(self._first_offset(size, tail))
                 yield self.empty_span()
-        if size is not None and size < self.position:
+        rewritten = size is not None and tail is not None and self.rewritten(tail, size - len(tail))
+        if size is not None and (size < self.position or rewritten):
             yield self.restarted(size)
         if size is not None:
             self.lag(size)

@@ -18,6 +18,8 @@ from collector_plugin.mapping import LineMapper
 from collector_plugin.records import Attributes, Span
 from collector_plugin.source import SourceContext
 
+FINGERPRINT_BYTES = 64  # bytes before the position compared on each poll to spot a rewritten log
+
 
 @dataclass(frozen=True)
 class LogCursor:
@@ -67,6 +69,7 @@ class ByteLogReader:
                 context.logger.warning("%s: ignoring an unreadable cursor; starting at %s", key, config.start_at)
         self.epoch = self.resume.epoch if self.resume else 0
         self.assembler: LineAssembler | None = None
+        self.recent = b""  # the last bytes read before the position: a rewritten log shows here
         self.mapper = self._mapper()
         self.grew_ns = context.clock_ns()
 
@@ -75,6 +78,7 @@ class ByteLogReader:
         return LineMapper(project_id=self.context.project_id, source=self.source, target=target, shared=self.shared)
 
     def start(self, offset: int, continued: bool = False) -> LineAssembler:
+        self.recent = b""
         self.assembler = LineAssembler(
             self.config.max_line_bytes, self.config.line_start_pattern, offset=offset, continued=continued
         )
@@ -97,6 +101,9 @@ class ByteLogReader:
         if data:
             self.grew_ns = self.context.clock_ns()
         lines = asm.feed(data, offset)
+        self.recent = (
+            data[-FINGERPRINT_BYTES:] if len(data) >= FINGERPRINT_BYTES else (self.recent + data)[-FINGERPRINT_BYTES:]
+        )
         now = self.context.clock_ns()
         record = self.mapper.record
         records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
@@ -167,6 +174,17 @@ class ByteLogReader:
         self._count(0, len(records))
         self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)
         return Span(self.key, records, self.cursor(), 0)
+
+    def rewritten(self, window: bytes, window_start: int) -> bool:
+        """Whether ``window`` (log bytes from ``window_start``) contradicts the bytes last read.
+
+        A job that restarts writes a new log; when it has already grown past the position by
+        the next poll, its size alone cannot tell, but the bytes before the position can.
+        """
+        start = self.position - len(self.recent)
+        if not self.recent or start < window_start or self.position > window_start + len(window):
+            return False
+        return window[start - window_start : self.position - window_start] != self.recent
 
     def lag(self, size: int) -> None:
         metrics = self.context.metrics

@@ -144,7 +144,7 @@ class TaskLogReader(ByteLogReader):
             else:
                 self.start(self._first_offset(size, content if exact else b""))
                 yield self.empty_span()
-        if size < self.position:
+        if size < self.position or (exact and self.rewritten(content, preview_start)):
             yield self.restarted(size)
         if self.position < preview_start:
             before = self.position
