@@ -217,6 +217,27 @@ async def test_log_restarted_and_grown_past_the_cursor_is_still_caught(make_sim:
     assert [r.event_name for r in harness.records].count("modelarts.log.restarted") == 1
 
 
+async def test_large_log_rewritten_while_tailed_through_obs_is_caught(make_sim: Any, scenario: Scenario) -> None:
+    old = LogGenerator(21).chunk(300_000)  # over TAIL_VIA_OBS_BYTES: caught up, it is tailed via OBS
+    log = add_log(scenario, old)
+    sim = make_sim()
+    source, client = await make_source(sim, start_at="beginning")
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()
+        new = LogGenerator(22).chunk(400_000)  # the restarted job's log is already longer
+        log.restart(new)
+        sim.reset_requests()
+        await harness.poll()
+        assert (sim.count(OBS), sim.count(PREVIEW)) == (1, 1)  # seen on the OBS tail read, then reread
+        await harness.poll(draining=True)
+    kinds = [r.event_name for r in harness.records]
+    assert kinds.count("modelarts.log.restarted") == 1
+    cut = kinds.index("modelarts.log.restarted")
+    assert joined(harness.records[:cut]) == expected_lines(old)
+    assert joined(harness.records[cut + 1 :]) == expected_lines(new)
+
+
 async def test_resume_from_a_cursor_shorter_than_the_log_detects_the_restart(make_sim: Any, scenario: Scenario) -> None:
     add_log(scenario, b"short\n")
     sim = make_sim()

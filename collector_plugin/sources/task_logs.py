@@ -169,8 +169,12 @@ class TaskLogReader(ByteLogReader):
         """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
         self._obs_size = None
         try:
-            async for span in self._read_obs(self.position, None):
+            async for span in self._read_obs(self.position, None, verify=self.recent):
                 yield span
+        except _Rewritten:
+            yield self.restarted(self._obs_size or 0)
+            self._tail_via_obs = False  # read the new log from 0 through the preview, this poll
+            return
         except (ApiError, ResponseFormatError) as exc:
             self.context.logger.debug("%s: OBS tail read failed, using the preview: %s", self.key, exc)
             self._tail_via_obs = False
@@ -196,20 +200,24 @@ class TaskLogReader(ByteLogReader):
             return 0 if len(content) == size else size
         return size - len(content) + newline + 1
 
-    async def _read_obs(self, start: int, stop: int | None) -> AsyncIterator[Span]:
+    async def _read_obs(self, start: int, stop: int | None, *, verify: bytes = b"") -> AsyncIterator[Span]:
         """Stream bytes ``[start, stop)`` (``None``: to the end) from the OBS link, a span per OBS_CHUNK_BYTES.
 
         One ranged request; a fresh link on 403, and a new request from the last byte handed on
-        when the answer breaks off. Ends early when the object is shorter.
+        when the answer breaks off. Ends early when the object is shorter. ``verify``: bytes that
+        must precede ``start``; the range starts that much earlier and :class:`_Rewritten` is
+        raised when they differ (the log was rewritten under the cursor).
         """
         pos = start
+        check = verify
         renewals = broken = 0
         while stop is None or pos < stop:
             url = await self._obs_link()
             buf = bytearray()
             try:
-                async with self._client.stream_obs(url, pos, None if stop is None else stop - 1) as response:
-                    skip = self._answer_offset(response, pos)
+                first = pos - len(check)
+                async with self._client.stream_obs(url, first, None if stop is None else stop - 1) as response:
+                    skip = self._answer_offset(response, first)
                     if skip is None:
                         return
                     async for chunk in response.aiter_bytes():
@@ -218,6 +226,11 @@ class TaskLogReader(ByteLogReader):
                                 skip -= len(chunk)
                                 continue
                             chunk, skip = chunk[skip:], 0
+                        if check:
+                            head, chunk = chunk[: len(check)], chunk[len(check) :]
+                            if head != check[: len(head)]:
+                                raise _Rewritten
+                            check = check[len(head) :]
                         if stop is not None:
                             chunk = chunk[: stop - pos - len(buf)]
                         buf += chunk
@@ -258,6 +271,10 @@ class TaskLogReader(ByteLogReader):
             self._link = parse_model(LinkResponse, data, LINK_ENDPOINT).obs_url
             self._link_ns = now
         return self._link
+
+
+class _Rewritten(Exception):
+    """The bytes before the position are not what was read: the log was rewritten (restarted)."""
 
 
 def answer_window(status: int, content_range: str, start: int) -> tuple[int | None, int | None]:
