@@ -179,7 +179,7 @@ async def test_log_restarted_shorter_is_read_again_with_a_record_saying_so(make_
     assert [(r.body, r.event_name) for r in harness.records][:2] == [("old 1", ""), ("old 2", "")]
     assert harness.records[2].event_name == "modelarts.log.restarted"
     assert harness.records[3].body == "new"
-    assert json.loads(harness.cursor or "") == {"offset": 4, "continued": False, "epoch": 1}
+    assert json.loads(harness.cursor or "") == {"offset": 4, "continued": False, "epoch": 1, "before": b"new\n".hex()}
     restarts = metrics.registry.get_sample_value(
         "modelarts_receiver_log_restarts_detected_total", {"source": "training_job_logs_v1"}
     )

@@ -238,6 +238,24 @@ async def test_large_log_rewritten_while_tailed_through_obs_is_caught(make_sim: 
     assert joined(harness.records[cut + 1 :]) == expected_lines(new)
 
 
+async def test_resume_from_a_cursor_notices_a_log_replaced_by_a_longer_one(make_sim: Any, scenario: Scenario) -> None:
+    # The receiver was down while the job restarted and wrote more than before: the committed
+    # cursor carries the bytes before it, so the new log is still read from its start.
+    log = add_log(scenario, b"attempt 1 line 1\nattempt 1 line 2\n")
+    sim = make_sim()
+    source, client = await make_source(sim, start_at="beginning")
+    async with client:
+        first = Harness(source, (await source.targets())[0])
+        await first.poll()
+        new = b"attempt 2 line 1\nattempt 2 line 2\nattempt 2 line 3\n"
+        log.restart(new)
+        second = Harness(source, (await source.targets())[0])
+        second.reader = source.open(second.target, first.cursor)
+        await second.poll()
+    assert [r.event_name for r in second.records][0] == "modelarts.log.restarted"
+    assert joined(second.records) == expected_lines(new)
+
+
 async def test_resume_from_a_cursor_shorter_than_the_log_detects_the_restart(make_sim: Any, scenario: Scenario) -> None:
     add_log(scenario, b"short\n")
     sim = make_sim()

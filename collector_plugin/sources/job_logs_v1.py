@@ -145,7 +145,7 @@ class V1LogReader(ByteLogReader):
         tail = exact_bytes(last)
         if self.assembler is None:
             if self.resume is not None:
-                self.start(self.resume.offset, self.resume.continued)
+                self.resume_at_cursor(self.resume)
             else:
                 self.start(self._first_offset(size, tail))
                 yield self.empty_span()

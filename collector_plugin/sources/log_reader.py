@@ -23,12 +23,18 @@ FINGERPRINT_BYTES = 64  # bytes before the position compared on each poll to spo
 
 @dataclass(frozen=True)
 class LogCursor:
+    """Where a log's next unread line starts; ``before``: the bytes just before it (restart check)."""
+
     offset: int = 0
     continued: bool = False
     epoch: int = 0
+    before: bytes = b""
 
     def dumps(self) -> str:
-        return json.dumps({"offset": self.offset, "continued": self.continued, "epoch": self.epoch})
+        data: dict[str, object] = {"offset": self.offset, "continued": self.continued, "epoch": self.epoch}
+        if self.before:
+            data["before"] = self.before.hex()
+        return json.dumps(data)
 
     @classmethod
     def loads(cls, text: str) -> LogCursor:
@@ -36,7 +42,8 @@ class LogCursor:
         data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("offset"), int) or data["offset"] < 0:
             raise ValueError("not a log cursor")
-        return cls(int(data["offset"]), bool(data.get("continued", False)), int(data.get("epoch", 0)))
+        before = bytes.fromhex(str(data.get("before", "")))[-FINGERPRINT_BYTES:]
+        return cls(int(data["offset"]), bool(data.get("continued", False)), int(data.get("epoch", 0)), before)
 
 
 class ByteLogReader:
@@ -84,6 +91,11 @@ class ByteLogReader:
         )
         return self.assembler
 
+    def resume_at_cursor(self, cursor: LogCursor) -> None:
+        """Start where a committed cursor says, knowing the bytes that preceded it."""
+        self.start(cursor.offset, cursor.continued)
+        self.recent = cursor.before
+
     @property
     def position(self) -> int:
         """Where the next byte to read lies."""
@@ -92,7 +104,9 @@ class ByteLogReader:
     def cursor(self) -> str:
         asm = self.assembler
         assert asm is not None
-        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch).dumps()
+        held = asm.end_offset - asm.pending_offset  # read, but not yet emitted as a line
+        before = self.recent[: len(self.recent) - held] if held < len(self.recent) else b""
+        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before).dumps()
 
     def span(self, data: bytes, offset: int) -> Span:
         """Feed ``data`` (at byte ``offset``) and return its records with the cursor after them."""

@@ -140,7 +140,7 @@ class TaskLogReader(ByteLogReader):
         preview_start = size - covered if exact else size
         if self.assembler is None:
             if self.resume is not None:
-                self.start(self.resume.offset, self.resume.continued)
+                self.resume_at_cursor(self.resume)
             else:
                 self.start(self._first_offset(size, content if exact else b""))
                 yield self.empty_span()
