@@ -252,7 +252,7 @@ async def test_resume_from_a_cursor_notices_a_log_replaced_by_a_longer_one(make_
         second = Harness(source, (await source.targets())[0])
         second.reader = source.open(second.target, first.cursor)
         await second.poll()
-    assert [r.event_name for r in second.records][0] == "modelarts.log.restarted"
+    assert second.records[0].event_name == "modelarts.log.restarted"
     assert joined(second.records) == expected_lines(new)
 
 
