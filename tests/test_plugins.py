@@ -77,7 +77,11 @@ def test_installed_plugin_is_listed_with_its_distribution(installed_example: Non
 
 def test_sources_command_lists_the_installed_plugin(installed_example: None) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "collector_plugin.cli", "sources"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "collector_plugin.cli", "sources"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("hello_heartbeat "))
