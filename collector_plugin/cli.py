@@ -142,15 +142,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _tail(args: argparse.Namespace, config: Config) -> None:
-    from collector_plugin.auth import make_auth
-    from collector_plugin.client import ModelArtsClient
     from collector_plugin.console import format_record
+    from collector_plugin.receiver import build_client
     from collector_plugin.source import SourceContext
+    from collector_plugin.telemetry import Metrics
 
     ma = config.modelarts
-    client = ModelArtsClient(
-        ma.base_url, ma.project_id, auth=make_auth(ma.auth, region=ma.region, project_id=ma.project_id)
-    )
+    client = build_client(config, Metrics())
     context = SourceContext(client=client, project_id=ma.project_id, region=ma.region)
     registry = load_sources()
     readers = []

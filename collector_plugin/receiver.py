@@ -6,7 +6,6 @@ This is the only module that knows every room; each room stays ignorant of the o
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -74,7 +73,6 @@ class Receiver:
 
 
 def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str], Attributes]:
-    @functools.lru_cache(maxsize=64)
     def resource_for(service: str) -> Attributes:
         return resource_attributes(
             service=service,
@@ -97,6 +95,25 @@ def register_secrets(config: Config) -> None:
         register_secret(value)
 
 
+def build_client(config: Config, metrics: Metrics, *, transport: object | None = None) -> ModelArtsClient:
+    """The API client as ``modelarts:`` configures it (auth, TLS, timeout, retries, limits)."""
+    ma = config.modelarts
+    verify: bool | str = ma.ca_file or ma.verify_tls
+    return ModelArtsClient(
+        ma.base_url,
+        ma.project_id,
+        auth=make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify),
+        timeout=float(ma.timeout),
+        retry=RetryPolicy(ma.retry.max_attempts, float(ma.retry.initial_backoff), float(ma.retry.max_backoff)),
+        rate_limit=ma.rate_limit.requests_per_second,
+        burst=ma.rate_limit.burst,
+        max_concurrency=ma.max_concurrency,
+        metrics=metrics,
+        transport=transport,  # type: ignore[arg-type]
+        verify=verify,
+    )
+
+
 def build_receiver(
     config: Config,
     registry: Mapping[str, RegisteredSource],
@@ -111,22 +128,7 @@ def build_receiver(
     environ = os.environ if environ is None else environ
     register_secrets(config)
     metrics = Metrics()
-    ma = config.modelarts
-    verify: bool | str = ma.ca_file or ma.verify_tls
-    auth = make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify)
-    client = ModelArtsClient(
-        ma.base_url,
-        ma.project_id,
-        auth=auth,
-        timeout=float(ma.timeout),
-        retry=RetryPolicy(ma.retry.max_attempts, float(ma.retry.initial_backoff), float(ma.retry.max_backoff)),
-        rate_limit=ma.rate_limit.requests_per_second,
-        burst=ma.rate_limit.burst,
-        max_concurrency=ma.max_concurrency,
-        metrics=metrics,
-        transport=api_transport,  # type: ignore[arg-type]
-        verify=verify,
-    )
+    client = build_client(config, metrics, transport=api_transport)
     store = CheckpointStore.open(config.checkpoint.path)
     pipeline = build_pipeline(
         config.exporter,
@@ -137,7 +139,9 @@ def build_receiver(
         scope_version=__version__,
         transport=transport,
     )
-    context = SourceContext(client=client, project_id=ma.project_id, region=ma.region, metrics=metrics)
+    context = SourceContext(
+        client=client, project_id=config.modelarts.project_id, region=config.modelarts.region, metrics=metrics
+    )
     runtimes = [SourceRuntime(name, registry[name].cls(cfg, context), cfg) for name, cfg in config.sources.items()]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
     receiver = Receiver(config, client, store, pipeline, scheduler, metrics)
