@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from collector_plugin.backoff import Backoff, parse_retry_after
 from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, ResponseFormatError
 from collector_plugin.telemetry import Metrics
 
@@ -30,19 +28,6 @@ M = TypeVar("M", bound=BaseModel)
 
 RETRYABLE_CODES = frozenset({"APIG.0308", "ModelArts.6101"})
 AUTH_CODES_PREFIX = ("APIG.0301", "APIG.0302", "APIG.0303", "APIG.0304", "APIG.0305")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter; ``max_attempts`` counts the first try."""
-
-    max_attempts: int = 6
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        cap = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
-        return random.uniform(cap / 2, cap)
 
 
 class RateLimiter:
@@ -72,19 +57,6 @@ class RateLimiter:
                 await asyncio.sleep(pause)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 def _error_fields(response: httpx.Response) -> tuple[str, str]:
     try:
         body = response.json()
@@ -108,7 +80,7 @@ def api_error(response: httpx.Response, endpoint: str) -> ApiError:
         error_code=code,
         error_msg=msg,
         retryable=retryable,
-        retry_after=_retry_after(response),
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
     )
 
 
@@ -132,7 +104,7 @@ class ModelArtsClient:
         *,
         auth: httpx.Auth | None = None,
         timeout: float = 30.0,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
         rate_limit: float = 20.0,
         burst: int = 40,
         max_concurrency: int = 16,
@@ -142,7 +114,7 @@ class ModelArtsClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.project_id = project_id
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or Backoff()
         self.metrics = metrics or Metrics()
         self.limiter = RateLimiter(rate_limit, burst)
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -241,9 +213,9 @@ class ModelArtsClient:
                         if response.status_code >= 400 and response.status_code != 416:
                             await response.aread()
                             err = api_error(response, "obs")
-                            if err.retryable and attempt < self.retry.max_attempts:
+                            if err.retryable and not self.retry.exhausted(attempt):
                                 self.metrics.api_requests.labels("obs", f"retry_{response.status_code}").inc()
-                                await asyncio.sleep(err.retry_after or self.retry.delay(attempt))
+                                await asyncio.sleep(self.retry.delay(attempt, err.retry_after))
                                 continue
                             self.metrics.api_requests.labels("obs", "error").inc()
                             raise err
@@ -251,7 +223,7 @@ class ModelArtsClient:
                         yield response
                         return
                 except httpx.TransportError as exc:
-                    if attempt >= self.retry.max_attempts:
+                    if self.retry.exhausted(attempt):
                         self.metrics.api_requests.labels("obs", "connection_error").inc()
                         raise ApiError(endpoint="obs", status=0, error_msg=type(exc).__name__) from None
                     self.metrics.api_retries.labels("obs", "connection").inc()
@@ -272,7 +244,7 @@ class ModelArtsClient:
                     response = await self._http.send(build())
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
-                if attempt >= self.retry.max_attempts:
+                if self.retry.exhausted(attempt):
                     self.metrics.api_requests.labels(endpoint, "connection_error").inc()
                     raise ApiError(endpoint=endpoint, status=0, error_msg=f"connection failed: {reason}") from None
                 self.metrics.api_retries.labels(endpoint, "connection").inc()
@@ -282,11 +254,11 @@ class ModelArtsClient:
                 self.metrics.api_requests.labels(endpoint, "auth_error").inc()
                 raise
             except ApiError as auth_err:  # raised by a token-fetching auth flow (IAM answered 429/5xx)
-                if not auth_err.retryable or attempt >= self.retry.max_attempts:
+                if not auth_err.retryable or self.retry.exhausted(attempt):
                     self.metrics.api_requests.labels(endpoint, "auth_error").inc()
                     raise
                 self.metrics.api_retries.labels(endpoint, "auth").inc()
-                pause = auth_err.retry_after if auth_err.retry_after is not None else self.retry.delay(attempt)
+                pause = self.retry.delay(attempt, auth_err.retry_after)
                 await asyncio.sleep(pause)
                 continue
             if response.status_code < 400:
@@ -294,9 +266,9 @@ class ModelArtsClient:
                 return response
             err = api_error(response, endpoint)
             self.metrics.api_errors.labels(endpoint, err.error_code or str(err.status)).inc()
-            if err.retryable and attempt < self.retry.max_attempts:
+            if err.retryable and not self.retry.exhausted(attempt):
                 self.metrics.api_retries.labels(endpoint, str(err.status)).inc()
-                pause = err.retry_after if err.retry_after is not None else self.retry.delay(attempt)
+                pause = self.retry.delay(attempt, err.retry_after)
                 if err.retry_after:
                     self.metrics.throttle_wait_seconds.inc(pause)
                 await asyncio.sleep(pause)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
-import random
 import time
 import zlib
 from collections import deque
@@ -37,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 import grpc
 import httpx
 
+from collector_plugin.backoff import Backoff, parse_retry_after
 from collector_plugin.checkpoint import CursorStore
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.errors import ConfigError, ExportError, ReceiverError
@@ -229,22 +228,6 @@ def gzip_compress(payload: bytes) -> bytes:
     """gzip at level 1: ~8x smaller for log text, several times cheaper than the SDK's level 9."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
     return compressor.compress(payload) + compressor.flush()
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 # HTTP statuses where retrying is right; 400 and 413 are about the payload (split it), and any
@@ -472,8 +455,7 @@ class Pipeline:
         self._max_delay = float(batch.max_delay)
         self._queue_size = queue_size
         self._max_in_flight = max_in_flight
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retry = Backoff(initial=retry_initial, maximum=retry_max, max_attempts=0)
         self._metrics = metrics
 
         self._entries: deque[_Entry] = deque()  # every span not yet committed, in queue order
@@ -679,7 +661,7 @@ class Pipeline:
             except RetryableExportError as exc:
                 self._failing.add(seq)
                 attempt += 1
-                delay = self._backoff(attempt, exc.retry_after)
+                delay = self._retry.delay(attempt, exc.retry_after)
                 self._note_failure(exc.reason, str(exc))
                 log.warning(
                     "export of %d records failed (%s); retrying in %.1fs (attempt %d)",
@@ -698,7 +680,7 @@ class Pipeline:
             except Exception as exc:  # a transport bug must not stall delivery silently: retry, loudly
                 self._failing.add(seq)
                 attempt += 1
-                delay = self._backoff(attempt, None)
+                delay = self._retry.delay(attempt, None)
                 self._note_failure("unexpected", f"{type(exc).__name__}: {exc}")
                 log.error(
                     "export of %d records raised %s: %s; retrying in %.1fs",
@@ -753,13 +735,6 @@ class Pipeline:
         half = len(flat) // 2
         for part in (flat[:half], flat[half:]):
             await self._send_until_done(_merge(part), len(part), seq)
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self._retry_max, self._retry_initial * 2.0 ** min(attempt - 1, 30))
-        delay *= random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, max(self._retry_max, 1.0) * 10))
-        return delay
 
     def _note_failure(self, reason: str, message: str) -> None:
         self._metrics.export_failures.labels(reason=reason).inc()

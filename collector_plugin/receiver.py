@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from collector_plugin import __version__
 from collector_plugin.auth import make_auth
+from collector_plugin.backoff import Backoff
 from collector_plugin.checkpoint import CheckpointStore
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import Config
 from collector_plugin.export import Pipeline, Transport, build_pipeline
 from collector_plugin.logs import register_secret
@@ -104,7 +105,7 @@ def build_client(config: Config, metrics: Metrics, *, transport: object | None =
         ma.project_id,
         auth=make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify),
         timeout=float(ma.timeout),
-        retry=RetryPolicy(ma.retry.max_attempts, float(ma.retry.initial_backoff), float(ma.retry.max_backoff)),
+        retry=Backoff(float(ma.retry.initial_backoff), float(ma.retry.max_backoff), ma.retry.max_attempts),
         rate_limit=ma.rate_limit.requests_per_second,
         burst=ma.rate_limit.burst,
         max_concurrency=ma.max_concurrency,

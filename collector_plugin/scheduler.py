@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from collector_plugin.backoff import Backoff
 from collector_plugin.records import Span
 from collector_plugin.source import Reader, Source, SourceConfig, Target
 from collector_plugin.telemetry import Metrics
@@ -173,7 +174,7 @@ class Scheduler:
                         "poll failed; backing off",
                         extra={"source": rt.name, "target": key, "error": str(exc), "failures": failures},
                     )
-                    interval = min(ceiling, base * (2 ** min(failures, 10)))
+                    interval = Backoff(initial=2 * base, maximum=ceiling).delay(failures)
                     if draining and failures >= 3:
                         break
                     await _sleep_or_stop(self._stop, interval, state.wake)

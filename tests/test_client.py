@@ -12,11 +12,12 @@ import pytest
 from pydantic import BaseModel
 
 from collector_plugin.auth import AkSkAuth
-from collector_plugin.client import ModelArtsClient, RateLimiter, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient, RateLimiter
 from collector_plugin.errors import ApiError, AuthError, ResponseFormatError
 from collector_plugin.simulator import Scenario, Simulator
 
-FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
+FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=4)
 JOB = "job-client-test"
 PREVIEW = "/v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview"
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import parse_config
 from collector_plugin.discovery import (
     DiscoveryConfig,
@@ -26,7 +27,7 @@ from collector_plugin.plugins import load_sources
 from collector_plugin.simulator import Simulator
 from collector_plugin.simulator.server import JOB_SEARCHES, SERVICES
 
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.01)
+FAST_RETRY = Backoff(initial=0.001, maximum=0.01, max_attempts=4)
 
 
 @pytest.fixture

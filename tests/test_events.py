@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.errors import ApiError, CheckpointError
 from collector_plugin.mapping import EVENT_TRAINING_JOB
 from collector_plugin.records import Record, Span
@@ -30,7 +31,7 @@ from collector_plugin.sources.events import (
 )
 from collector_plugin.telemetry import Metrics
 
-FAST_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.001, max_backoff=0.01)
+FAST_RETRY = Backoff(initial=0.001, maximum=0.01, max_attempts=6)
 EVENTS_PATH = r"/training-jobs/[^/]+/events"
 
 

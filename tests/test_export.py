@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from collector_plugin.backoff import parse_retry_after
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.errors import ConfigError, ExportError
 from collector_plugin.export import (
@@ -22,7 +23,6 @@ from collector_plugin.export import (
     RetryableExportError,
     make_transport,
     parse_headers,
-    parse_retry_after,
     resolve_exporter,
 )
 from collector_plugin.records import Attributes, Record, Span

@@ -19,7 +19,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.errors import ReceiverError
 from collector_plugin.records import Record
 from collector_plugin.source import SourceContext
@@ -82,7 +83,7 @@ def make_client(handler: Handler) -> ModelArtsClient:
         "https://modelarts.fuzz.example",
         PROJECT,
         transport=httpx.MockTransport(handler),
-        retry=RetryPolicy(max_attempts=1, initial_backoff=0.001, max_backoff=0.001),
+        retry=Backoff(initial=0.001, maximum=0.001, max_attempts=1),
         rate_limit=1e6,
         burst=1_000_000,
     )

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
 
 from collector_plugin.auth import AkSkAuth
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.simulator import ALL_QUIRKS, LogGenerator, Scenario, Simulator
 from collector_plugin.source import SourceContext
 from collector_plugin.sources.job_logs_v1 import (
@@ -58,7 +59,7 @@ def make_source(
         sim.url,
         sim.project_id,
         auth=AkSkAuth(sim.ak, sim.sk),
-        retry=RetryPolicy(max_attempts=6, initial_backoff=0.001, max_backoff=0.01),
+        retry=Backoff(initial=0.001, maximum=0.01, max_attempts=6),
         rate_limit=100_000,
         burst=100_000,
     )

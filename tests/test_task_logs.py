@@ -13,7 +13,8 @@ import pytest
 from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
 
 from collector_plugin.auth import AkSkAuth
-from collector_plugin.client import ModelArtsClient, RetryPolicy
+from collector_plugin.backoff import Backoff
+from collector_plugin.client import ModelArtsClient
 from collector_plugin.errors import ResponseFormatError
 from collector_plugin.simulator import LogGenerator, Scenario, Simulator, TaskLog
 from collector_plugin.source import SourceContext
@@ -55,7 +56,7 @@ async def make_source(
         sim.url,
         sim.project_id,
         auth=AkSkAuth(sim.ak, sim.sk),
-        retry=RetryPolicy(max_attempts=6, initial_backoff=0.001, max_backoff=0.01),
+        retry=Backoff(initial=0.001, maximum=0.01, max_attempts=6),
         rate_limit=10_000,
         burst=10_000,
     )
