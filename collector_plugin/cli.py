@@ -143,13 +143,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def _tail(args: argparse.Namespace, config: Config) -> None:
     from collector_plugin.console import format_record
-    from collector_plugin.receiver import build_client
-    from collector_plugin.source import SourceContext
+    from collector_plugin.receiver import build_connections, build_http, source_context
     from collector_plugin.telemetry import Metrics
 
-    ma = config.modelarts
-    client = build_client(config, Metrics())
-    context = SourceContext(client=client, project_id=ma.project_id, region=ma.region)
+    metrics = Metrics()
+    http = build_http(config, metrics)
+    connections = build_connections(config, http)
     registry = load_sources()
     readers = []
     tasks_cfg = {"start_at": "beginning", "flush_after": "1s", "jobs": [{"id": args.job, "tasks": args.task or []}]}
@@ -158,7 +157,7 @@ async def _tail(args: argparse.Namespace, config: Config) -> None:
         wanted.append(("training_job_events", {"start_at": "beginning", "jobs": [{"id": args.job}]}))
     for name, raw in wanted:
         cls = registry[name].cls
-        source = cls(cls.config_model.model_validate(raw), context)
+        source = cls(cls.config_model.model_validate(raw), source_context(name, config, http, connections, metrics, {}))
         for target in await source.targets():
             readers.append(source.open(target, None))
     color = sys.stdout.isatty()
@@ -174,7 +173,7 @@ async def _tail(args: argparse.Namespace, config: Config) -> None:
                 return
             await asyncio.sleep(args.interval)
     finally:
-        await client.aclose()
+        await http.aclose()
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@
     │   └── ObsLinkExpired     a temporary OBS link answered 403: fetch a fresh one
     ├── ResponseFormatError    the API answered something it does not promise (endpoint, field)
     ├── CheckpointError        the checkpoint store cannot be opened, read or written
+    ├── PluginError            a plugin is broken or misused (says which, and what to do)
     └── ExportError            the collector refused a batch for good (not retried)
 
 Messages never carry secrets: no SK, token, signature or signed OBS URL.
@@ -83,3 +84,14 @@ class CheckpointError(ReceiverError):
 
 class ExportError(ReceiverError):
     """The collector rejected a batch permanently (for example HTTP 400)."""
+
+
+class PluginError(ReceiverError):
+    """A plugin failed to load or register, or a source asked for something not configured.
+
+    ``hint`` says what the user can do about it.
+    """
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)

@@ -17,10 +17,10 @@ from collector_plugin import hookspecs
 from collector_plugin.source import Source
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "collector_plugin.sources.task_logs",
-    "collector_plugin.sources.job_logs_v1",
-    "collector_plugin.sources.events",
-    "collector_plugin.sources.service_updates",
+    "collector_plugin.sources.modelarts.task_logs",
+    "collector_plugin.sources.modelarts.job_logs_v1",
+    "collector_plugin.sources.modelarts.events.source",
+    "collector_plugin.sources.modelarts.service_updates",
 )
 BLOCK_ENV = "MODELARTS_RECEIVER_BLOCK_PLUGINS"
 

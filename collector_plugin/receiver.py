@@ -15,16 +15,18 @@ from collector_plugin import __version__
 from collector_plugin.auth import make_auth
 from collector_plugin.backoff import Backoff
 from collector_plugin.checkpoint import CheckpointStore
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import Config
 from collector_plugin.export import Pipeline, Transport, build_pipeline
+from collector_plugin.http import ApiClient, HttpClients
 from collector_plugin.logs import register_secret
 from collector_plugin.mapping import resource_attributes
 from collector_plugin.plugins import RegisteredSource
 from collector_plugin.records import Attributes
 from collector_plugin.scheduler import Scheduler, SourceRuntime
-from collector_plugin.source import SourceContext
-from collector_plugin.telemetry import Metrics, TelemetryServer
+from collector_plugin.source import Connection, SourceContext
+from collector_plugin.sources.modelarts.client import CONNECTION as MODELARTS
+from collector_plugin.sources.modelarts.client import RETRYABLE_CODES
+from collector_plugin.telemetry import Metrics, SourceCounters, TelemetryServer
 
 log = logging.getLogger("collector_plugin.receiver")
 
@@ -34,7 +36,7 @@ class Receiver:
     """A wired receiver. ``run(stop)`` polls until ``stop`` is set, then drains and commits."""
 
     config: Config
-    client: ModelArtsClient
+    http: HttpClients
     store: CheckpointStore
     pipeline: Pipeline
     scheduler: Scheduler
@@ -65,7 +67,7 @@ class Receiver:
         finally:
             grace = float(self.config.shutdown.grace_period)
             clean = await self.pipeline.close(grace)
-            await self.client.aclose()
+            await self.http.aclose()
             self.store.close()
             if self.telemetry is not None:
                 self.telemetry.stop()
@@ -76,9 +78,13 @@ class Receiver:
 def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str], Attributes]:
     def resource_for(service: str) -> Attributes:
         return resource_attributes(
-            service=service,
-            region=config.modelarts.region,
-            project_id=config.modelarts.project_id,
+            {
+                "service.name": service,
+                "cloud.provider": "huawei_cloud",
+                "cloud.platform": "huawei_cloud_modelarts",
+                "cloud.region": config.modelarts.region,
+                "modelarts.project.id": config.modelarts.project_id,
+            },
             configured=config.resource.attributes,
             environ=environ,
         )
@@ -96,22 +102,50 @@ def register_secrets(config: Config) -> None:
         register_secret(value)
 
 
-def build_client(config: Config, metrics: Metrics, *, transport: object | None = None) -> ModelArtsClient:
-    """The API client as ``modelarts:`` configures it (auth, TLS, timeout, retries, limits)."""
+def build_http(config: Config, metrics: Metrics, *, transport: object | None = None) -> HttpClients:
+    """The HTTP client factory with the limits ``modelarts:`` configures (timeout, retries, rate)."""
     ma = config.modelarts
-    verify: bool | str = ma.ca_file or ma.verify_tls
-    return ModelArtsClient(
-        ma.base_url,
-        ma.project_id,
-        auth=make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify),
+    return HttpClients(
+        metrics,
+        transport=transport,  # type: ignore[arg-type]
         timeout=float(ma.timeout),
         retry=Backoff(float(ma.retry.initial_backoff), float(ma.retry.max_backoff), ma.retry.max_attempts),
         rate_limit=ma.rate_limit.requests_per_second,
         burst=ma.rate_limit.burst,
         max_concurrency=ma.max_concurrency,
-        metrics=metrics,
-        transport=transport,  # type: ignore[arg-type]
-        verify=verify,
+        verify=ma.ca_file or ma.verify_tls,
+    )
+
+
+def build_connections(config: Config, http: HttpClients) -> dict[str, Connection]:
+    """The connections the config describes: today the ``modelarts`` one (its auth and project)."""
+    ma = config.modelarts
+    verify: bool | str = ma.ca_file or ma.verify_tls
+    client: ApiClient = http(
+        MODELARTS,
+        base_url=ma.base_url,
+        auth=make_auth(ma.auth, region=ma.region, project_id=ma.project_id, verify=verify),
+        retryable_codes=RETRYABLE_CODES,
+    )
+    return {MODELARTS: Connection(client, {"project_id": ma.project_id, "region": ma.region})}
+
+
+def source_context(
+    name: str,
+    config: Config,
+    http: HttpClients,
+    connections: Mapping[str, Connection],
+    metrics: Metrics,
+    environ: Mapping[str, str],
+) -> SourceContext:
+    """What one source gets: connections, the client factory, its resource and counters."""
+    return SourceContext(
+        source=name,
+        connections=connections,
+        http_client=http,
+        resource=lambda attrs: resource_attributes(attrs, configured=config.resource.attributes, environ=environ),
+        logger=logging.getLogger(f"collector_plugin.sources.{name}"),
+        metrics=SourceCounters(metrics, name),
     )
 
 
@@ -129,7 +163,8 @@ def build_receiver(
     environ = os.environ if environ is None else environ
     register_secrets(config)
     metrics = Metrics()
-    client = build_client(config, metrics, transport=api_transport)
+    http = build_http(config, metrics, transport=api_transport)
+    connections = build_connections(config, http)
     store = CheckpointStore.open(config.checkpoint.path)
     pipeline = build_pipeline(
         config.exporter,
@@ -140,12 +175,14 @@ def build_receiver(
         scope_version=__version__,
         transport=transport,
     )
-    context = SourceContext(
-        client=client, project_id=config.modelarts.project_id, region=config.modelarts.region, metrics=metrics
-    )
-    runtimes = [SourceRuntime(name, registry[name].cls(cfg, context), cfg) for name, cfg in config.sources.items()]
+    runtimes = [
+        SourceRuntime(
+            name, registry[name].cls(cfg, source_context(name, config, http, connections, metrics, environ)), cfg
+        )
+        for name, cfg in config.sources.items()
+    ]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
-    receiver = Receiver(config, client, store, pipeline, scheduler, metrics)
+    receiver = Receiver(config, http, store, pipeline, scheduler, metrics)
     if telemetry and config.telemetry.listen:
         receiver.telemetry = TelemetryServer(config.telemetry.listen, metrics, receiver.ready)
     return receiver

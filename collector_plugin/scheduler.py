@@ -1,10 +1,13 @@
-"""Polling: every target on its source's interval, with idle backoff and failure isolation.
+"""Polling: every target on its source's interval, and every duty all sources share.
 
-Each target runs in its own task. A poll that fails is logged and counted, and the target backs
-off; the others go on. After a failed poll the reader is thrown away and a fresh one opened at the
-last cursor it handed to the pipeline, so a half-finished poll can never leave a reader whose
-memory disagrees with what was delivered. Targets a source no longer lists (or lists as ended) are
-polled once more with ``draining=True`` and dropped, so memory stays bounded as jobs come and go.
+Each target runs in its own task. The scheduler owns what no source should write itself: one
+error policy for opening and polling (log, count, back off and retry; a failed poll throws the
+reader away and opens a fresh one at the last cursor it handed to the pipeline, so a half-finished
+poll never leaves a reader whose memory disagrees with what was delivered), the ``on_bad_cursor``
+policy for a committed cursor the source cannot read, counting records and bytes per source and
+target, lag gauges from :class:`~collector_plugin.source.ReaderStatus`, and the discovered and
+active target counts. Targets a source no longer lists (or lists as ended) are polled once more
+with ``draining=True`` and dropped, so memory stays bounded as jobs come and go.
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ from typing import Any, Protocol
 
 from collector_plugin.backoff import Backoff
 from collector_plugin.records import Span
-from collector_plugin.source import Reader, Source, SourceConfig, Target
+from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target
 from collector_plugin.telemetry import Metrics
 
 log = logging.getLogger("collector_plugin.scheduler")
 
-DEFAULT_REFRESH_INTERVAL = 60.0
 JITTER_PER_TARGET = 0.01
 
 
@@ -37,12 +39,20 @@ class CursorLookup(Protocol):
 
 
 @dataclass
-class _TargetState:
+class TargetState:
+    """What the scheduler knows of one target (also what a status page shows)."""
+
     target: Any
     task: asyncio.Task[None] | None = None
     cursor: str | None = None
     draining: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    records: int = 0
+    bytes: int = 0
+    polls: int = 0
+    failures: int = 0
+    failed: str = ""  # why the target stopped for good (e.g. an unreadable cursor), "" while it runs
+    last_error: str = ""
 
 
 @dataclass
@@ -55,10 +65,7 @@ class SourceRuntime:
 
     @property
     def refresh_interval(self) -> float:
-        discovery = getattr(self.config, "discovery", None)
-        if discovery is not None and getattr(discovery, "enabled", False):
-            return float(discovery.interval)
-        return DEFAULT_REFRESH_INTERVAL
+        return float(self.config.refresh_interval)
 
 
 class Scheduler:
@@ -78,14 +85,21 @@ class Scheduler:
         self.cursors = cursors
         self.metrics = metrics
         self.jitter = jitter
-        self._targets: dict[str, dict[str, _TargetState]] = {s.name: {} for s in sources}
+        self._targets: dict[str, dict[str, TargetState]] = {s.name: {} for s in sources}
         self._finished: dict[str, set[str]] = {s.name: set() for s in sources}
         self._stop = asyncio.Event()
         self.polls_completed = 0
 
     @property
     def active_targets(self) -> Mapping[str, int]:
-        return {name: len(states) for name, states in self._targets.items()}
+        return {name: sum(1 for st in states.values() if not st.failed) for name, states in self._targets.items()}
+
+    def targets(self, source: str) -> Mapping[str, TargetState]:
+        """The targets of ``source`` the scheduler holds now, by key."""
+        return self._targets[source]
+
+    def _count_active(self, source: str) -> None:
+        self.metrics.targets_active.labels(source).set(self.active_targets[source])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, then cancel every target task."""
@@ -129,20 +143,22 @@ class Scheduler:
             if not target.active and key in finished:
                 continue  # drained before and still ended: nothing new can come
             finished.discard(key)
-            state = _TargetState(target=target, cursor=self.cursors.get(key), draining=not target.active)
+            state = TargetState(target=target, cursor=self.cursors.get(key), draining=not target.active)
             states[key] = state
             state.task = asyncio.create_task(self._run_target(rt, key, state), name=f"poll:{key}")
-        for key, state in states.items():
+        for key, state in list(states.items()):
             if key not in listed and not state.draining:
+                if state.failed:
+                    del states[key]  # a failed target no longer listed: nothing left to show
+                    continue
                 state.draining = True
                 state.wake.set()
-        self.metrics.targets_active.labels(rt.name).set(len(states))
+        self._count_active(rt.name)
 
-    async def _run_target(self, rt: SourceRuntime, key: str, state: _TargetState) -> None:
+    async def _run_target(self, rt: SourceRuntime, key: str, state: TargetState) -> None:
         base = max(0.01, float(rt.config.poll_interval))
         ceiling = max(base, float(rt.config.max_poll_interval))
         interval = base
-        failures = 0
         if self.jitter and not state.draining:
             # Spread first polls over up to 10 ms per target (at most the interval, at most 5 s):
             # a thousand targets do not poll in one wave, a handful start at once.
@@ -153,39 +169,41 @@ class Scheduler:
         try:
             while not self._stop.is_set():
                 draining = state.draining
-                if reader is None:
-                    reader = rt.source.open(state.target, state.cursor)
                 produced = False
                 started = loop.time()
                 try:
+                    if reader is None:
+                        reader = self._open(rt, key, state)
+                        if reader is None:
+                            return  # failed for good: stays listed, visible and counted as failed
                     async for span in reader.poll(draining=draining):
                         await self.sink.put(span)
                         if span.cursor is not None:
                             state.cursor = span.cursor
+                        self._count(rt.name, state, span)
+                        self._lag(rt.name, key, reader.status.lag_bytes, reader.status.lag_seconds)
                         produced = produced or bool(span.records)
-                    failures = 0
+                    state.failures = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    failures += 1
                     reader = None  # reopen at the last cursor handed to the pipeline
-                    self.metrics.target_errors.labels(rt.name, type(exc).__name__).inc()
-                    log.warning(
-                        "poll failed; backing off",
-                        extra={"source": rt.name, "target": key, "error": str(exc), "failures": failures},
-                    )
-                    interval = Backoff(initial=2 * base, maximum=ceiling).delay(failures)
-                    if draining and failures >= 3:
+                    self._failed_poll(rt.name, key, state, exc)
+                    if draining and state.failures >= 3:
                         break
+                    interval = Backoff(initial=2 * base, maximum=ceiling).delay(state.failures)
                     await _sleep_or_stop(self._stop, interval, state.wake)
                     continue
+                state.polls += 1
                 self.polls_completed += 1
-                if getattr(reader, "behind", False):
+                status = reader.status
+                self._lag(rt.name, key, status.lag_bytes, status.lag_seconds)
+                if status.behind:
                     interval = base
                     continue  # it stopped early with more to read (draining too): no pause
                 if draining:
                     break
-                interval = base if produced else min(ceiling, interval * 1.5)
+                interval = base if produced or status.transitional else min(ceiling, interval * 1.5)
                 # A fixed rate: the poll's own duration counts toward the interval.
                 await _sleep_or_stop(self._stop, max(0.0, interval - (loop.time() - started)), state.wake)
                 state.wake.clear()
@@ -195,7 +213,59 @@ class Scheduler:
                 if states.get(key) is state and state.draining:
                     del states[key]
                     self._finished[rt.name].add(key)
-                    self.metrics.targets_active.labels(rt.name).set(len(states))
+                    self._lag(rt.name, key, None, None, remove=True)
+                self._count_active(rt.name)
+
+    def _open(self, rt: SourceRuntime, key: str, state: TargetState) -> Reader | None:
+        """A reader at the target's cursor; None when the cursor is unreadable and policy says fail."""
+        try:
+            return rt.source.open(state.target, state.cursor)
+        except BadCursor as exc:
+            self.metrics.target_errors.labels(rt.name, "BadCursor").inc()
+            if rt.config.on_bad_cursor == "restart":
+                log.warning(
+                    "unreadable cursor; reading the target again from start_at as on_bad_cursor says",
+                    extra={"source": rt.name, "target": key, "error": str(exc), "start_at": rt.config.start_at},
+                )
+                state.cursor = None
+                return rt.source.open(state.target, None)
+            state.failed = state.last_error = str(exc)
+            log.error(
+                "unreadable cursor; target stopped (set on_bad_cursor: restart to read it again from start_at)",
+                extra={"source": rt.name, "target": key, "error": str(exc)},
+            )
+            self._count_active(rt.name)
+            return None
+
+    def _failed_poll(self, source: str, key: str, state: TargetState, exc: Exception) -> None:
+        state.failures += 1
+        state.last_error = f"{type(exc).__name__}: {exc}"
+        self.metrics.target_errors.labels(source, type(exc).__name__).inc()
+        log.warning(
+            "poll failed; backing off",
+            extra={"source": source, "target": key, "error": str(exc), "failures": state.failures},
+        )
+
+    def _count(self, source: str, state: TargetState, span: Span) -> None:
+        if span.records:
+            state.records += len(span.records)
+            self.metrics.records_read.labels(source).inc(len(span.records))
+        if span.nbytes:
+            state.bytes += span.nbytes
+            self.metrics.bytes_read.labels(source).inc(span.nbytes)
+
+    def _lag(
+        self, source: str, key: str, lag_bytes: int | None, lag_seconds: float | None, *, remove: bool = False
+    ) -> None:
+        for gauge, value in (
+            (self.metrics.target_lag_bytes, lag_bytes),
+            (self.metrics.target_lag_seconds, lag_seconds),
+        ):
+            if remove:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(source, key)
+            elif value is not None:
+                gauge.labels(source, key).set(value)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

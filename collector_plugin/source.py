@@ -1,29 +1,34 @@
-"""What a source plugin implements, and what the receiver hands it.
+"""The source contract: what a source plugin implements, and what the receiver hands it.
 
-A source knows one endpoint family. The scheduler asks it for its targets (from config or
-discovery), opens one :class:`Reader` per target at the committed cursor, and polls each reader
-on the source's interval. A reader yields :class:`~collector_plugin.records.Span` objects; it never
-exports and never commits (the pipeline commits a span's cursor after its records were acked).
+A source knows one endpoint family of one API. The scheduler asks it for its targets (from
+config or discovery), opens one :class:`Reader` per target at the committed cursor, and polls
+each reader on the source's interval. A reader yields :class:`~collector_plugin.records.Span`
+objects; it never exports and never commits (the pipeline commits a span's cursor after its
+records were acknowledged). Everything the scheduler learns from a reader is declared on
+:class:`ReaderStatus`; nothing is found by ``getattr``.
 
-Built-in sources implement exactly this; so does a third party's (see examples/).
+Built-in sources implement exactly this, through :mod:`collector_plugin.api`; so does a third
+party's (see examples/third_party_source).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector_plugin.durations import Duration
-from collector_plugin.records import Span
+from collector_plugin.errors import PluginError
+from collector_plugin.records import Attributes, AttrValue, Span
 
 if TYPE_CHECKING:
-    from collector_plugin.client import ModelArtsClient
-    from collector_plugin.telemetry import Metrics
+    from collector_plugin.http import ApiClient
+
+DEFAULT_REFRESH_INTERVAL = 60.0
 
 
 class SourceConfig(BaseModel):
@@ -35,6 +40,16 @@ class SourceConfig(BaseModel):
     poll_interval: Duration = Field(default=5.0, description="Seconds between polls of one target.")
     max_poll_interval: Duration = Field(default=60.0, description="An idle target backs off up to this interval.")
     start_at: Literal["beginning", "end"] = "end"
+    on_bad_cursor: Literal["fail", "restart"] = Field(
+        default="fail",
+        description="A committed cursor the source cannot read: keep the target failed and visible, "
+        "or read it again from start_at.",
+    )
+
+    @property
+    def refresh_interval(self) -> float:
+        """How often the scheduler asks the source for its targets (discovery may shorten it)."""
+        return DEFAULT_REFRESH_INTERVAL
 
 
 @runtime_checkable
@@ -52,14 +67,27 @@ class Target(Protocol):
         ...
 
 
-class Reader(Protocol):
-    """Reads one target from its cursor on; keeps in memory what lies beyond the cursor.
+@dataclass
+class ReaderStatus:
+    """What a reader tells the scheduler after each poll (all optional, defaults mean "nothing").
 
-    A reader that stopped a poll early with more to read may set an attribute ``behind = True``:
-    the scheduler then polls it again at once instead of waiting for the interval.
+    ``behind``: the poll stopped early with more to read, poll again at once (no pause).
+    ``transitional``: the target is in a state that changes soon (an update in progress, a job
+    starting): keep polling at the base interval, never back off as if idle.
+    ``lag_bytes`` / ``lag_seconds``: how far the reader trails the data it knows of.
     """
 
+    behind: bool = False
+    transitional: bool = False
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+
+
+class Reader(Protocol):
+    """Reads one target from its cursor on; keeps in memory what lies beyond the cursor."""
+
     key: str
+    status: ReaderStatus
 
     def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         """Yield what is new since the last poll.
@@ -69,16 +97,84 @@ class Reader(Protocol):
         ...
 
 
+class BadCursor(ValueError):
+    """A committed cursor a reader cannot parse; the scheduler applies ``on_bad_cursor``."""
+
+
+class HttpClientFactory(Protocol):
+    """Builds a rate-limited, retrying, metered client for any HTTP API."""
+
+    def __call__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        auth: Any = None,
+        retryable_codes: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiClient: ...
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An API connection the receiver configured (``modelarts:`` today): its client and settings.
+
+    Sources of one API share it, so they share one rate limit and one set of retries.
+    """
+
+    client: ApiClient
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+class SourceMetrics(Protocol):
+    """The counters a source may bump beyond what the scheduler counts for it."""
+
+    def gap(self) -> None:
+        """Data the API no longer had (a gap record was emitted)."""
+
+    def restart(self) -> None:
+        """A log was restarted (it is read again from the start)."""
+
+
+class _NoMetrics:
+    def gap(self) -> None:
+        return None
+
+    def restart(self) -> None:
+        return None
+
+
+def _plain_resource(attrs: Mapping[str, AttrValue | None]) -> Attributes:
+    return Attributes.of(attrs)
+
+
 @dataclass
 class SourceContext:
-    """What the receiver hands every source: the shared client, identity, clock and metrics."""
+    """What the receiver hands a source: HTTP clients, connections, resource, clock, logger.
 
-    client: ModelArtsClient
-    project_id: str
-    region: str = ""
-    metrics: Metrics | None = None
+    Nothing here is tied to one API: ``connection(name)`` gives a connection the receiver built
+    from its config, ``http_client(...)`` builds one for any other API, ``resource(attrs)`` turns
+    the source's own resource attributes into the resource its records are sent under (merged
+    with ``OTEL_RESOURCE_ATTRIBUTES`` and the ``resource:`` config).
+    """
+
+    source: str = ""
+    connections: Mapping[str, Connection] = field(default_factory=dict)
+    http_client: HttpClientFactory | None = None
+    resource: Callable[[Mapping[str, AttrValue | None]], Attributes] = _plain_resource
     clock_ns: Callable[[], int] = time.time_ns
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("collector_plugin.source"))
+    metrics: SourceMetrics = field(default_factory=_NoMetrics)
+
+    def connection(self, name: str) -> Connection:
+        """The connection ``name``; a clear error when the receiver has none of that name."""
+        try:
+            return self.connections[name]
+        except KeyError:
+            raise PluginError(
+                f"source {self.source or '?'} needs the {name!r} connection, which is not configured",
+                hint=f"add a top-level '{name}:' section to the config",
+            ) from None
 
 
 class Source(Protocol):
@@ -95,8 +191,22 @@ class Source(Protocol):
         ...
 
     def open(self, target: Any, cursor: str | None) -> Reader:
-        """Return a reader for ``target`` that resumes after ``cursor`` (None: never read)."""
+        """Return a reader for ``target`` that resumes after ``cursor`` (None: never read).
+
+        Raise :class:`BadCursor` when ``cursor`` cannot be read.
+        """
         ...
 
 
-__all__ = ["Reader", "Source", "SourceConfig", "SourceContext", "Span", "Target"]
+__all__ = [
+    "BadCursor",
+    "Connection",
+    "HttpClientFactory",
+    "Reader",
+    "ReaderStatus",
+    "Source",
+    "SourceConfig",
+    "SourceContext",
+    "SourceMetrics",
+    "Target",
+]

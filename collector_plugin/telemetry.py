@@ -250,3 +250,17 @@ class TelemetryServer:
                 _log.debug("telemetry request: " + format, *args)
 
         return Handler
+
+
+class SourceCounters:
+    """The :class:`~collector_plugin.source.SourceMetrics` of one source, over the receiver's metrics."""
+
+    def __init__(self, metrics: Metrics, source: str) -> None:
+        self._gaps = metrics.gaps.labels(source)
+        self._restarts = metrics.restarts_detected.labels(source)
+
+    def gap(self) -> None:
+        self._gaps.inc()
+
+    def restart(self) -> None:
+        self._restarts.inc()

@@ -1,4 +1,4 @@
-"""Helpers for tests, ours and users': an in-memory OTLP transport and checkpoint store.
+"""Helpers for tests, ours and users': an in-memory OTLP transport and checkpoint store, a source context.
 
 ``MemoryTransport`` decodes every request with opentelemetry-proto, so what a test asserts on is
 what a collector would have read::
@@ -22,6 +22,10 @@ from typing import Any
 
 from collector_plugin.errors import ExportError
 from collector_plugin.export import RetryableExportError
+from collector_plugin.http import HttpClients
+from collector_plugin.records import Span
+from collector_plugin.source import Connection, Reader, SourceContext
+from collector_plugin.telemetry import Metrics, SourceCounters
 
 DecodedRecord = dict[str, Any]
 
@@ -166,3 +170,33 @@ class MemoryCheckpointStore:
 
     def close(self) -> None:
         self.closed = True
+
+
+def source_context(
+    source: str = "",
+    *,
+    connections: Mapping[str, Connection] | None = None,
+    clock_ns: Callable[[], int] | None = None,
+    metrics: Metrics | None = None,
+    transport: Any = None,
+) -> SourceContext:
+    """A :class:`SourceContext` for a source under test: the given connections, a clock, counters.
+
+    ``http_client(...)`` builds real :class:`~collector_plugin.http.ApiClient` objects; pass an
+    ``httpx.MockTransport`` as ``transport`` to answer their requests in the test.
+    """
+    metrics = metrics or Metrics()
+    context = SourceContext(
+        source=source,
+        connections=dict(connections or {}),
+        http_client=HttpClients(metrics, transport=transport),
+        metrics=SourceCounters(metrics, source),
+    )
+    if clock_ns is not None:
+        context.clock_ns = clock_ns
+    return context
+
+
+async def poll_all(reader: Reader, *, draining: bool = False) -> list[Span]:
+    """Every span one poll of ``reader`` yields."""
+    return [span async for span in reader.poll(draining=draining)]

@@ -25,9 +25,9 @@ from collector_plugin.auth import (
     parse_expires_at,
     verify_signature,
 )
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import AuthConfig
 from collector_plugin.errors import ApiError, AuthError, ConfigError
+from collector_plugin.sources.modelarts.client import ModelArtsClient
 
 AK = "HPUAEXAMPLEAK0001"
 SK = "s3cr3t-SK-value-0123456789abcdef"
@@ -482,7 +482,9 @@ async def test_iam_wrong_password_is_auth_error_without_password() -> None:
 
 async def test_iam_error_reaches_the_api_client() -> None:
     cloud, auth, _ = iam_setup(password="wrong-one")
-    client = ModelArtsClient(f"https://{HOST}", "proj-1", auth=auth, transport=httpx.MockTransport(cloud.handle))
+    client = ModelArtsClient.connect(
+        f"https://{HOST}", "proj-1", auth=auth, transport=httpx.MockTransport(cloud.handle)
+    )
     async with client:
         with pytest.raises(AuthError, match="alice") as caught:
             await client.request_json("GET", "/v1/proj-1/x", endpoint="/v1/{project_id}/x")

@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient, RateLimiter
 from collector_plugin.errors import ApiError, AuthError, ResponseFormatError
+from collector_plugin.http import RateLimiter
 from collector_plugin.simulator import Scenario, Simulator
+from collector_plugin.sources.modelarts.client import ModelArtsClient
 
 FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=4)
 JOB = "job-client-test"
@@ -38,7 +39,7 @@ def sim() -> Iterator[Simulator]:
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[ModelArtsClient]:
     sim.faults.clear()
-    async with ModelArtsClient(
+    async with ModelArtsClient.connect(
         sim.url, sim.project_id, auth=AkSkAuth(sim.ak, sim.sk), retry=FAST, rate_limit=1000, burst=1000
     ) as c:
         yield c
@@ -137,7 +138,9 @@ async def test_numbers_as_strings_are_accepted(sim: Simulator, client: ModelArts
 
 
 async def test_wrong_sk_is_rejected_clearly(sim: Simulator) -> None:
-    async with ModelArtsClient(sim.url, sim.project_id, auth=AkSkAuth(sim.ak, "WRONG-SECRET"), retry=FAST) as bad:
+    async with ModelArtsClient.connect(
+        sim.url, sim.project_id, auth=AkSkAuth(sim.ak, "WRONG-SECRET"), retry=FAST
+    ) as bad:
         with pytest.raises(AuthError) as info:
             await get_preview(bad)
     message = str(info.value)
@@ -166,7 +169,7 @@ async def test_concurrency_limit_holds_for_the_whole_client() -> None:
         in_flight -= 1
         return httpx.Response(200, json={"content": "", "full_size": 0})
 
-    async with ModelArtsClient(
+    async with ModelArtsClient.connect(
         "http://api.test", "p", transport=httpx.MockTransport(handler), max_concurrency=3, rate_limit=1e6, burst=1000
     ) as c:
         await asyncio.gather(*(c.get_model("/x", Preview, endpoint="/x") for _ in range(20)))
@@ -177,7 +180,7 @@ async def test_error_message_fields_tolerated() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"error_code": "ModelArts.0105", "error_message": "bad offset"})
 
-    async with ModelArtsClient("http://api.test", "p", transport=httpx.MockTransport(handler)) as c:
+    async with ModelArtsClient.connect("http://api.test", "p", transport=httpx.MockTransport(handler)) as c:
         with pytest.raises(ApiError) as info:
             await c.request_json("GET", "/x", endpoint="/x")
     assert info.value.error_msg == "bad offset" and info.value.error_code == "ModelArts.0105"

@@ -12,9 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import parse_config
-from collector_plugin.discovery import (
+from collector_plugin.errors import ApiError, ConfigError
+from collector_plugin.plugins import load_sources
+from collector_plugin.simulator import Simulator
+from collector_plugin.simulator.server import JOB_SEARCHES, SERVICES
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.discovery import (
     DiscoveryConfig,
     get_job,
     is_ended,
@@ -22,10 +26,6 @@ from collector_plugin.discovery import (
     search_jobs,
     v1_log_file_names,
 )
-from collector_plugin.errors import ApiError, ConfigError
-from collector_plugin.plugins import load_sources
-from collector_plugin.simulator import Simulator
-from collector_plugin.simulator.server import JOB_SEARCHES, SERVICES
 
 FAST_RETRY = Backoff(initial=0.001, maximum=0.01, max_attempts=4)
 
@@ -42,12 +42,12 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[ModelArtsClient]:
-    async with ModelArtsClient(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
+    async with ModelArtsClient.connect(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
         yield c
 
 
 def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> ModelArtsClient:
-    return ModelArtsClient(
+    return ModelArtsClient.connect(
         "http://127.0.0.1:9", "proj", retry=FAST_RETRY, transport=httpx.MockTransport(handler), rate_limit=10_000
     )
 

@@ -11,24 +11,20 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modelarts_helpers import modelarts_context
 
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
-from collector_plugin.errors import ApiError, CheckpointError
-from collector_plugin.mapping import EVENT_TRAINING_JOB
+from collector_plugin.errors import ApiError
 from collector_plugin.records import Record, Span
 from collector_plugin.simulator import Simulator
 from collector_plugin.simulator.scenario import now_ms
 from collector_plugin.simulator.server import EVENTS
-from collector_plugin.source import SourceContext
-from collector_plugin.sources.events import (
-    Event,
-    EventsConfig,
-    EventsSource,
-    EventTracker,
-    JobTarget,
-    parse_event_time,
-)
+from collector_plugin.source import BadCursor
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.events.model import Event, parse_event_time
+from collector_plugin.sources.modelarts.events.source import EventsConfig, EventsSource, JobTarget
+from collector_plugin.sources.modelarts.events.tracker import EventTracker
+from collector_plugin.sources.modelarts.records import EVENT_TRAINING_JOB
 from collector_plugin.telemetry import Metrics
 
 FAST_RETRY = Backoff(initial=0.001, maximum=0.01, max_attempts=6)
@@ -49,12 +45,12 @@ def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
 
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[ModelArtsClient]:
-    async with ModelArtsClient(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
+    async with ModelArtsClient.connect(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
         yield c
 
 
 def source_for(client: ModelArtsClient, metrics: Metrics | None = None, **config: Any) -> EventsSource:
-    context = SourceContext(client=client, project_id=client.project_id, metrics=metrics)
+    context = modelarts_context(client, source="training_job_events", metrics=metrics)
     return EventsSource(EventsConfig.model_validate(config), context)
 
 
@@ -233,7 +229,6 @@ async def test_severity_source_time_and_attributes(sim: Simulator, client: Model
         ("d", 0, "Fatalish", "Job", (t + 3000) * 1_000_000),
     ]
     assert recs[0].shared.as_dict() == {"modelarts.training_job.id": job.id, "modelarts.training_job.name": "bert"}
-    assert metrics.records_read.labels("training_job_events")._value.get() == 4
 
 
 async def test_requests_carry_a_window_with_both_times_and_ascending_order(
@@ -257,7 +252,6 @@ async def test_targets_from_config_and_discovery_drain_ended_jobs_once(sim: Simu
     source = source_for(client, metrics, jobs=[{"id": done.id}], discovery={"enabled": True, "name_pattern": "^train"})
     first = {t.key: t.active for t in await source.targets()}
     assert first == {f"training_job_events/{done.id}": False, f"training_job_events/{running.id}": True}
-    assert metrics.targets_discovered.labels("training_job_events")._value.get() == 2
 
     running.phase = "Failed"
     second = {t.key: t.active for t in await source.targets()}
@@ -286,8 +280,8 @@ def test_parse_event_time_iso_round_trip(ms: int, offset_minutes: int) -> None:
     assert parse_event_time(text) == ms
 
 
-def test_unreadable_cursor_is_a_checkpoint_error() -> None:
-    with pytest.raises(CheckpointError):
+def test_unreadable_cursor_is_a_bad_cursor() -> None:
+    with pytest.raises(BadCursor, match="unreadable cursor"):
         EventTracker.from_cursor("{not json", lookback_ms=0)
 
 

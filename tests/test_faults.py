@@ -303,7 +303,7 @@ def test_read_only_checkpoint_file_is_a_clear_startup_error(tmp_path: Path) -> N
         receiver = build_receiver(config, load_sources(), environ={}, transport=MemoryTransport(), telemetry=False)
         receiver.store.commit({"training_task_logs/x/worker-0": '{"offset": 5, "continued": false, "epoch": 0}'})
         receiver.store.close()
-        asyncio.run(receiver.client.aclose())
+        asyncio.run(receiver.http.aclose())
         for leftover in ("cp.db-wal", "cp.db-shm"):
             (tmp_path / leftover).unlink(missing_ok=True)
         if os.geteuid() != 0:

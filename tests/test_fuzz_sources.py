@@ -18,16 +18,17 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from modelarts_helpers import modelarts_context
 
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.errors import ReceiverError
 from collector_plugin.records import Record
 from collector_plugin.source import SourceContext
-from collector_plugin.sources.events import EventsConfig, EventsSource, JobTarget
-from collector_plugin.sources.job_logs_v1 import JobLogsV1Config, JobLogsV1Source, V1LogTarget
-from collector_plugin.sources.service_updates import ServiceTarget, ServiceUpdatesConfig, ServiceUpdatesSource
-from collector_plugin.sources.task_logs import TaskLogsConfig, TaskLogsSource, TaskLogTarget
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.events.source import EventsConfig, EventsSource, JobTarget
+from collector_plugin.sources.modelarts.job_logs_v1 import JobLogsV1Config, JobLogsV1Source, V1LogTarget
+from collector_plugin.sources.modelarts.service_updates import ServiceTarget, ServiceUpdatesConfig, ServiceUpdatesSource
+from collector_plugin.sources.modelarts.task_logs import TaskLogsConfig, TaskLogsSource, TaskLogTarget
 from collector_plugin.telemetry import Metrics
 
 PROJECT = "fuzzproject"
@@ -79,7 +80,7 @@ statuses = st.sampled_from([200, 200, 200, 201, 204, 400, 404, 429, 500, 503])
 
 
 def make_client(handler: Handler) -> ModelArtsClient:
-    return ModelArtsClient(
+    return ModelArtsClient.connect(
         "https://modelarts.fuzz.example",
         PROJECT,
         transport=httpx.MockTransport(handler),
@@ -113,7 +114,7 @@ class Drive:
 
 
 def context(client: ModelArtsClient) -> SourceContext:
-    return SourceContext(client=client, project_id=PROJECT, region="fuzz-1", metrics=Metrics())
+    return modelarts_context(client, region="fuzz-1", metrics=Metrics())
 
 
 def task_source(client: ModelArtsClient, **config: Any) -> TaskLogsSource:

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
+from modelarts_helpers import modelarts_context
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.simulator import ALL_QUIRKS, LogGenerator, Scenario, Simulator
-from collector_plugin.source import SourceContext
-from collector_plugin.sources.job_logs_v1 import (
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.job_logs_v1 import (
     JobLogsV1Config,
     JobLogsV1Source,
     V1LogResponse,
@@ -55,7 +55,7 @@ def make_sim() -> Iterator[Any]:
 def make_source(
     sim: Simulator, *, clock: FakeClock | None = None, metrics: Metrics | None = None, **config: Any
 ) -> tuple[JobLogsV1Source, ModelArtsClient]:
-    client = ModelArtsClient(
+    client = ModelArtsClient.connect(
         sim.url,
         sim.project_id,
         auth=AkSkAuth(sim.ak, sim.sk),
@@ -64,7 +64,7 @@ def make_source(
         burst=100_000,
     )
     config.setdefault("jobs", [{"job_id": 7, "version_id": 1, "log_files": ["train.log"]}])
-    ctx = SourceContext(client=client, project_id=sim.project_id, metrics=metrics, clock_ns=clock or FakeClock())
+    ctx = modelarts_context(client, source="training_job_logs_v1", metrics=metrics, clock_ns=clock or FakeClock())
     return JobLogsV1Source(JobLogsV1Config.model_validate(config), ctx), client
 
 
@@ -180,7 +180,13 @@ async def test_log_restarted_shorter_is_read_again_with_a_record_saying_so(make_
     assert [(r.body, r.event_name) for r in harness.records][:2] == [("old 1", ""), ("old 2", "")]
     assert harness.records[2].event_name == "modelarts.log.restarted"
     assert harness.records[3].body == "new"
-    assert json.loads(harness.cursor or "") == {"offset": 4, "continued": False, "epoch": 1, "before": b"new\n".hex()}
+    assert json.loads(harness.cursor or "") == {
+        "v": 1,
+        "offset": 4,
+        "continued": False,
+        "epoch": 1,
+        "before": b"new\n".hex(),
+    }
     restarts = metrics.registry.get_sample_value(
         "modelarts_receiver_log_restarts_detected_total", {"source": "training_job_logs_v1"}
     )

@@ -5,24 +5,23 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector_plugin.mapping import (
+from collector_plugin.http import ApiClient
+from collector_plugin.logs import REDACTED
+from collector_plugin.mapping import LineMapper, line_severity, parse_resource_env, record_uid, resource_attributes
+from collector_plugin.records import SERVICE_INFERENCE, SERVICE_TRAINING, AttrValue
+from collector_plugin.source import Connection, SourceContext
+from collector_plugin.sources.modelarts.client import modelarts_resource
+from collector_plugin.sources.modelarts.records import (
     EVENT_SERVICE_UPDATE,
     EVENT_TRAINING_JOB,
-    REDACTED,
-    LineMapper,
     event_job_attributes,
     event_record,
     event_severity,
-    line_severity,
     normalise_event_source,
-    parse_resource_env,
-    record_uid,
-    resource_attributes,
     service_update_record,
     task_log_attributes,
     v1_log_attributes,
 )
-from collector_plugin.records import SERVICE_INFERENCE, SERVICE_TRAINING
 
 
 def test_line_severity_tokens() -> None:
@@ -61,10 +60,12 @@ def test_event_severity_and_source() -> None:
 
 def test_task_line_record() -> None:
     mapper = LineMapper(
-        project_id="p",
+        scope="p",
         source="training_task_logs",
         target="t/j/w",
         shared=task_log_attributes("j", "worker-0", "job-a"),
+        service=SERVICE_TRAINING,
+        prefix="modelarts.log",
     )
     record = mapper.record("[ERROR] 训练失败 🔥", 4096, observed_ns=7)
     assert record.body == "[ERROR] 训练失败 🔥"
@@ -94,7 +95,9 @@ def test_v1_attributes() -> None:
 @given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=1, max_value=10**12))
 def test_uid_is_stable_and_offset_sensitive(offset: int, observed: int) -> None:
     def mapper() -> LineMapper:
-        return LineMapper(project_id="p", source="s", target="t", shared=task_log_attributes("j", "w"))
+        return LineMapper(
+            scope="p", source="s", target="t", shared=task_log_attributes("j", "w"), service=SERVICE_TRAINING
+        )
 
     first = mapper().record("line", offset, observed_ns=observed)
     again = mapper().record("line", offset, observed_ns=observed + 1)
@@ -170,9 +173,16 @@ def test_service_update_record_redacts_envs() -> None:
 
 def test_resource_precedence() -> None:
     env = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=ml%20ops,cloud.region=ignored"}
-    attrs = resource_attributes(
-        service=SERVICE_TRAINING, region="cn-north-4", project_id="p1", configured={"cloud.region": "x"}, environ=env
-    ).as_dict()
+
+    def context(region: str, project: str, configured: dict[str, AttrValue], environ: dict[str, str]) -> SourceContext:
+        return SourceContext(
+            connections={
+                "modelarts": Connection(ApiClient("http://127.0.0.1:9"), {"region": region, "project_id": project})
+            },
+            resource=lambda a: resource_attributes(a, configured=configured, environ=environ),
+        )
+
+    attrs = modelarts_resource(context("cn-north-4", "p1", {"cloud.region": "x"}, env), SERVICE_TRAINING).as_dict()
     assert attrs["service.name"] == "modelarts-training"
     assert attrs["cloud.provider"] == "huawei_cloud"
     assert attrs["cloud.platform"] == "huawei_cloud_modelarts"
@@ -181,7 +191,5 @@ def test_resource_precedence() -> None:
     assert attrs["cloud.region"] == "x"  # config wins over the environment
     assert "modelarts.training_job.id" not in attrs
     assert parse_resource_env("a=1,,b") == {"a": "1"}
-    overridden = resource_attributes(
-        service=SERVICE_INFERENCE, region="r", project_id="p", configured={"service.name": "mine"}
-    ).as_dict()
+    overridden = modelarts_resource(context("r", "p", {"service.name": "mine"}, {}), SERVICE_INFERENCE).as_dict()
     assert overridden["service.name"] == "mine"

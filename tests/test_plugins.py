@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pluggy
 import pytest
 
 from collector_plugin import hookspecs
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError
 from collector_plugin.hookspecs import hookimpl
 from collector_plugin.plugins import BLOCK_ENV, DEFAULT_PLUGINS, get_plugin_manager, load_sources
 from collector_plugin.source import Source, SourceConfig, SourceContext
+from collector_plugin.testing import source_context
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "third_party_source"
@@ -68,11 +69,11 @@ def _config(sources: dict[str, Any]) -> dict[str, Any]:
 
 def test_installed_plugin_is_listed_with_its_distribution(installed_example: None) -> None:
     registry = load_sources()
-    hello = registry["hello_heartbeat"]
+    hello = registry["hello_probe"]
     assert hello.plugin == "hello"
     assert hello.origin == f"{DIST} 0.1.0"
     assert hello.cls.description
-    assert {r.origin for n, r in registry.items() if n != "hello_heartbeat"} == {"builtin"}
+    assert {r.origin for n, r in registry.items() if n != "hello_probe"} == {"builtin"}
 
 
 def test_sources_command_lists_the_installed_plugin(installed_example: None) -> None:
@@ -84,52 +85,68 @@ def test_sources_command_lists_the_installed_plugin(installed_example: None) -> 
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("hello_heartbeat "))
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("hello_probe "))
     assert f"{DIST} 0.1.0" in line
 
 
 def test_installed_plugin_config_validates(installed_example: None) -> None:
     registry = load_sources()
-    config = parse_config(_config({"hello_heartbeat": {"message": "hi", "names": ["a", "b"]}}), registry, environ={})
-    hello = config.sources["hello_heartbeat"]
-    assert (hello.message, hello.names, hello.start_at) == ("hi", ["a", "b"], "end")
+    config = parse_config(_config({"hello_probe": {"urls": ["http://127.0.0.1:9/a"]}}), registry, environ={})
+    hello = config.sources["hello_probe"]
+    assert (hello.urls, hello.start_at) == (["http://127.0.0.1:9/a"], "end")
     with pytest.raises(ConfigError) as err:
-        parse_config(_config({"hello_heartbeat": {"mesage": "hi"}}), registry, environ={})
-    assert err.value.problems == ["sources.hello_heartbeat.mesage: unknown key; did you mean 'message'?"]
+        parse_config(_config({"hello_probe": {"url": ["x"]}}), registry, environ={})
+    assert err.value.problems == [
+        "sources.hello_probe.urls: field required",
+        "sources.hello_probe.url: unknown key; did you mean 'urls'?",
+    ]
 
 
 def test_installed_plugin_reader_yields_spans_and_resumes(installed_example: None) -> None:
+    """The example runs on the public API alone: the context's HTTP client, cursors, records."""
     registry = load_sources()
-    cls = registry["hello_heartbeat"].cls
+    cls = registry["hello_probe"].cls
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(503 if request.url.path == "/down" else 204)
 
     async def run() -> list[Any]:
-        async with ModelArtsClient("http://127.0.0.1:9", "p") as client:
-            context = SourceContext(client=client, project_id="p", clock_ns=lambda: 42)
-            source = cls(cls.config_model.model_validate({"names": ["a", "b"]}), context)
-            targets = await source.targets()
-            assert [t.key for t in targets] == ["hello_heartbeat/a", "hello_heartbeat/b"]
-            reader = source.open(targets[0], None)
-            spans = [s for _ in range(2) async for s in reader.poll()]
-            resumed = source.open(targets[0], spans[-1].cursor)
-            spans += [s async for s in resumed.poll()]
-            return spans
+        context = source_context("hello_probe", clock_ns=lambda: 42, transport=httpx.MockTransport(answer))
+        config = cls.config_model.model_validate({"urls": ["http://127.0.0.1:9/up", "http://127.0.0.1:9/down"]})
+        source = cls(config, context)
+        targets = await source.targets()
+        assert [t.key for t in targets] == ["hello_probe/http://127.0.0.1:9/up", "hello_probe/http://127.0.0.1:9/down"]
+        reader = source.open(targets[0], None)
+        spans = [s for _ in range(2) async for s in reader.poll()]
+        resumed = source.open(targets[0], spans[-1].cursor)
+        spans += [s async for s in resumed.poll()]
+        spans += [s async for s in source.open(targets[1], None).poll()]
+        await context.http_client.aclose()  # type: ignore[union-attr]
+        return spans
 
     spans = asyncio.run(run())
-    assert [s.records[0].body for s in spans] == ["hello #1", "hello #2", "hello #3"]
-    assert [json.loads(s.cursor)["count"] for s in spans] == [1, 2, 3]
-    assert all(s.target == "hello_heartbeat/a" for s in spans)
-    assert len({s.records[0].uid for s in spans}) == 3
+    bodies = [s.records[0].body for s in spans]
+    assert bodies[:3] == ["http://127.0.0.1:9/up: HTTP 204"] * 3
+    assert bodies[3].startswith("http://127.0.0.1:9/down: ") and "503" in bodies[3]
+    assert [json.loads(s.cursor)["count"] for s in spans] == [1, 2, 3, 1]
+    assert len({s.records[0].uid for s in spans}) == 4
+    assert seen.count("http://127.0.0.1:9/down") > 1  # a 503 was retried by the context's client
 
 
 def test_block_env_keeps_an_installed_plugin_out(installed_example: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BLOCK_ENV, "hello")
     registry = load_sources(get_plugin_manager())
-    assert "hello_heartbeat" not in registry
+    assert "hello_probe" not in registry
     assert "training_job_events" in registry
 
 
 def test_block_env_keeps_a_builtin_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(BLOCK_ENV, " collector_plugin.sources.events ,collector_plugin.sources.service_updates")
+    monkeypatch.setenv(
+        BLOCK_ENV,
+        " collector_plugin.sources.modelarts.events.source ,collector_plugin.sources.modelarts.service_updates",
+    )
     registry = load_sources(get_plugin_manager(load_entry_points=False))
     assert set(registry) == {"training_task_logs", "training_job_logs_v1"}
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from collector_plugin.records import Record, Span
 from collector_plugin.scheduler import Scheduler, SourceRuntime
-from collector_plugin.source import SourceConfig
+from collector_plugin.source import ReaderStatus, SourceConfig
 from collector_plugin.telemetry import Metrics
 
 
@@ -26,6 +26,7 @@ class FakeReader:
     behaviour: str
     log: list[tuple[str, str | None, bool]]
     n: int = 0
+    status: ReaderStatus = field(default_factory=ReaderStatus)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         self.log.append((self.key, self.cursor, draining))
@@ -150,11 +151,11 @@ async def test_a_reader_still_behind_is_polled_again_at_once() -> None:
 
         def __init__(self) -> None:
             self.polls = 0
-            self.behind = False
+            self.status = ReaderStatus()
 
         async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
             self.polls += 1
-            self.behind = self.polls < 4
+            self.status.behind = self.polls < 4
             yield Span(self.key, [_record(self.key, str(self.polls))], cursor=str(self.polls))
 
     reader = BehindReader()

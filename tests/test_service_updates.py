@@ -10,15 +10,16 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modelarts_helpers import modelarts_context
 
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
-from collector_plugin.errors import CheckpointError
-from collector_plugin.mapping import EVENT_SERVICE_UPDATE, REDACTED
+from collector_plugin.logs import REDACTED
 from collector_plugin.records import SERVICE_INFERENCE, Record, Span
 from collector_plugin.simulator import Simulator, edge_detail
-from collector_plugin.source import SourceContext
-from collector_plugin.sources.service_updates import (
+from collector_plugin.source import BadCursor
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.records import EVENT_SERVICE_UPDATE
+from collector_plugin.sources.modelarts.service_updates import (
     ServiceTarget,
     ServiceUpdatesConfig,
     ServiceUpdatesSource,
@@ -43,12 +44,12 @@ def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
 
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[ModelArtsClient]:
-    async with ModelArtsClient(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
+    async with ModelArtsClient.connect(sim.url, sim.project_id, retry=FAST_RETRY, rate_limit=10_000, burst=10_000) as c:
         yield c
 
 
 def source_for(client: ModelArtsClient, metrics: Metrics | None = None, **config: Any) -> ServiceUpdatesSource:
-    context = SourceContext(client=client, project_id=client.project_id, metrics=metrics)
+    context = modelarts_context(client, source="service_update_logs", metrics=metrics)
     return ServiceUpdatesSource(ServiceUpdatesConfig.model_validate(config), context)
 
 
@@ -96,7 +97,6 @@ async def test_running_then_success_gives_exactly_two_records(sim: Simulator, cl
     assert set(config[0]["envs"]) == {"MODEL_LOG_LEVEL", "DB_PASSWORD", "API_TOKEN"}
     assert set(config[0]["envs"].values()) == {REDACTED}
     assert_no_secret(both)
-    assert metrics.records_read.labels("service_update_logs")._value.get() == 2
 
 
 async def test_fail_and_edge_fields(sim: Simulator, client: ModelArtsClient) -> None:
@@ -165,7 +165,6 @@ async def test_discovery_lists_real_time_and_edge_and_retires_vanished(sim: Simu
     source = source_for(client, metrics, discovery={"enabled": True})
     first = {t.key: t.active for t in await source.targets()}
     assert first == {f"service_update_logs/{rt.id}": True, f"service_update_logs/{edge.id}": True}
-    assert metrics.targets_discovered.labels("service_update_logs")._value.get() == 2
     with sim.scenario.lock:
         sim.scenario._services.pop(edge.id)
     second = {t.key: t.active for t in await source.targets()}
@@ -186,15 +185,15 @@ async def test_numbers_as_strings_and_missing_optional_fields() -> None:
         return httpx.Response(200, json=body)
 
     transport = httpx.MockTransport(handler)
-    async with ModelArtsClient("http://127.0.0.1:9", "p", retry=FAST_RETRY, transport=transport) as client:
+    async with ModelArtsClient.connect("http://127.0.0.1:9", "p", retry=FAST_RETRY, transport=transport) as client:
         recs = records(await poll(source_for(client).open(ServiceTarget("s1"), None)))
     assert [r.severity_text for r in recs] == ["RUNNING", "SUCCESS"]
     assert recs[1].attributes["modelarts.service.config"] == [{"weight": 70, "envs": {"K": REDACTED}}]
     assert "service s1 update" in str(recs[0].body)
 
 
-def test_unreadable_cursor_is_a_checkpoint_error() -> None:
-    with pytest.raises(CheckpointError):
+def test_unreadable_cursor_is_a_bad_cursor() -> None:
+    with pytest.raises(BadCursor, match="unreadable cursor"):
         UpdateTracker.from_cursor('{"seen": 3}')
 
 

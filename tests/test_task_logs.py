@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
+from modelarts_helpers import modelarts_context
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.backoff import Backoff
-from collector_plugin.client import ModelArtsClient
 from collector_plugin.errors import ResponseFormatError
 from collector_plugin.simulator import LogGenerator, Scenario, Simulator, TaskLog
-from collector_plugin.source import SourceContext
-from collector_plugin.sources.task_logs import TaskLogsConfig, TaskLogsSource, TaskLogTarget, answer_window
+from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.task_logs import TaskLogsConfig, TaskLogsSource, TaskLogTarget, answer_window
 from collector_plugin.telemetry import Metrics
 
 PREVIEW = "/v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview"
@@ -52,7 +52,7 @@ async def make_source(
     metrics: Metrics | None = None,
     **config: Any,
 ) -> tuple[TaskLogsSource, ModelArtsClient]:
-    client = ModelArtsClient(
+    client = ModelArtsClient.connect(
         sim.url,
         sim.project_id,
         auth=AkSkAuth(sim.ak, sim.sk),
@@ -61,7 +61,7 @@ async def make_source(
         burst=10_000,
     )
     config.setdefault("jobs", [{"id": "job-1"}])
-    ctx = SourceContext(client=client, project_id=sim.project_id, metrics=metrics, clock_ns=clock or FakeClock())
+    ctx = modelarts_context(client, source="training_task_logs", metrics=metrics, clock_ns=clock or FakeClock())
     return TaskLogsSource(TaskLogsConfig.model_validate(config), ctx), client
 
 
@@ -408,20 +408,18 @@ async def test_offsets_and_uids_are_stable_across_replays(make_sim: Any, scenari
     ]
 
 
-async def test_metrics_count_bytes_records_and_lag(make_sim: Any, scenario: Scenario) -> None:
+async def test_spans_report_bytes_and_the_reader_its_lag(make_sim: Any, scenario: Scenario) -> None:
+    """What the scheduler counts per source and target (see test_scheduler) comes from here."""
     data = b"one\ntwo\nthree\n"
     add_log(scenario, data)
     sim = make_sim()
-    metrics = Metrics()
-    source, client = await make_source(sim, start_at="beginning", metrics=metrics)
+    source, client = await make_source(sim, start_at="beginning")
     async with client:
         harness = Harness(source, (await source.targets())[0])
         await harness.poll()
-    sample = metrics.registry.get_sample_value
-    src = {"source": "training_task_logs"}
-    assert sample("modelarts_receiver_bytes_read_total", src) == len(data)
-    assert sample("modelarts_receiver_records_read_total", src) == 3
-    assert sample("modelarts_receiver_target_lag_bytes", {**src, "target": harness.target.key}) == 0
+    assert sum(span.nbytes for span in harness.spans) == len(data)
+    assert len(harness.records) == 3
+    assert harness.reader.status.lag_bytes == 0
 
 
 async def test_the_obs_link_never_reaches_logs_errors_or_records(

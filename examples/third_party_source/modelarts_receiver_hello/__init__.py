@@ -1,82 +1,82 @@
-"""``hello_heartbeat``: an example third-party source, one record per poll with a counter cursor.
+"""``hello_probe``: an example third-party source that checks URLs and logs each answer.
 
-A plugin module implements ``register_sources`` and is exposed through the ``collector_plugin``
-entry point group (see this package's pyproject.toml). Sources never export or commit: they
-yield spans, and the receiver commits a span's cursor once its records were acknowledged.
+It stands on :mod:`collector_plugin.api` alone, as every source should: the context's HTTP client
+brings rate limiting, retries and metrics; the receiver polls, exports, acknowledges and commits.
+A record per poll and URL says how it answered; the cursor counts the probes, so a restart goes on
+counting and a replay keeps its uids.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from collector_plugin.hookspecs import hookimpl
-from collector_plugin.mapping import SEV_INFO, record_uid
-from collector_plugin.records import Attributes, Record, Span
-from collector_plugin.source import Reader, Source, SourceConfig, SourceContext, Target
+from collector_plugin import api
 
-SOURCE_NAME = "hello_heartbeat"
+SOURCE_NAME = "hello_probe"
+CODEC = api.CursorCodec(SOURCE_NAME)
 
 
-class HelloConfig(SourceConfig):
-    message: str = "hello"
-    names: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+class ProbeConfig(api.SourceConfig):
+    urls: list[str] = Field(min_length=1, description="URLs to probe with GET, one target each.")
 
 
 @dataclass(frozen=True)
-class HelloTarget:
-    name: str
+class ProbeTarget:
+    url: str
     active: bool = True
 
     @property
     def key(self) -> str:
-        return f"{SOURCE_NAME}/{self.name}"
+        return f"{SOURCE_NAME}/{self.url}"
 
 
-class HelloReader:
-    def __init__(self, source: HelloSource, target: HelloTarget, cursor: str | None) -> None:
+class ProbeReader:
+    def __init__(self, source: ProbeSource, target: ProbeTarget, cursor: str | None) -> None:
         self.key = target.key
-        self._source = source
-        self._shared = Attributes([("hello.name", target.name)])
-        self._count = int(json.loads(cursor)["count"]) if cursor else 0
+        self.status = api.ReaderStatus()
+        self._source, self._url = source, target.url
+        self._count = int(CODEC.loads(cursor).get("count", 0)) if cursor else 0
 
-    async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
-        ctx = self._source.context
+    async def poll(self, *, draining: bool = False) -> AsyncIterator[api.Span]:
+        try:
+            answer = await self._source.client.request("GET", self._url, endpoint=SOURCE_NAME)
+            outcome, severity = f"HTTP {answer.status_code}", api.SEV_INFO
+        except api.ReceiverError as err:
+            outcome, severity = str(err), api.SEV_ERROR
         self._count += 1
-        now = ctx.clock_ns()
-        record = Record(
-            body=f"{self._source.config.message} #{self._count}",
-            uid=record_uid(ctx.project_id, SOURCE_NAME, self.key, self._count),
+        now = self._source.context.clock_ns()
+        record = api.Record(
+            body=f"{self._url}: {outcome}",
+            uid=api.record_uid(SOURCE_NAME, self._url, self._count),
             observed_ns=now,
             time_ns=now,
-            severity_number=SEV_INFO,
-            severity_text="INFO",
-            shared=self._shared,
-            attributes={"hello.count": self._count},
+            severity_number=severity,
+            attributes={"probe.url": self._url, "probe.count": self._count},
         )
-        yield Span(target=self.key, records=[record], cursor=json.dumps({"count": self._count}))
+        yield api.Span(self.key, [record], CODEC.dumps({"count": self._count}))
 
 
-class HelloSource:
+class ProbeSource:
     name: ClassVar[str] = SOURCE_NAME
-    description: ClassVar[str] = "Example: one heartbeat record per poll (third-party plugin)"
-    config_model: ClassVar[type[SourceConfig]] = HelloConfig
+    description: ClassVar[str] = "Example: probe URLs, one record per answer (third-party plugin)"
+    config_model: ClassVar[type[api.SourceConfig]] = ProbeConfig
 
-    def __init__(self, config: HelloConfig, context: SourceContext) -> None:
-        self.config = config
-        self.context = context
+    def __init__(self, config: ProbeConfig, context: api.SourceContext) -> None:
+        assert context.http_client is not None
+        self.config, self.context = config, context
+        self.client = context.http_client(SOURCE_NAME, base_url="")
 
-    async def targets(self) -> Sequence[Target]:
-        return [HelloTarget(name) for name in self.config.names]
+    async def targets(self) -> Sequence[api.Target]:
+        return [ProbeTarget(url) for url in self.config.urls]
 
-    def open(self, target: Any, cursor: str | None) -> Reader:
-        return HelloReader(self, target, cursor)
+    def open(self, target: Any, cursor: str | None) -> api.Reader:
+        return ProbeReader(self, target, cursor)
 
 
-@hookimpl
-def register_sources(register: Callable[[type[Source]], None]) -> None:
-    register(HelloSource)
+@api.hookimpl
+def register_sources(register: Callable[[type[api.Source]], None]) -> None:
+    register(ProbeSource)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from collector_plugin.durations import Duration
-from collector_plugin.errors import ApiError
-
-if TYPE_CHECKING:
-    from collector_plugin.client import ModelArtsClient
+from collector_plugin.api import ApiError, Duration
+from collector_plugin.sources.modelarts import endpoints
+from collector_plugin.sources.modelarts.client import ModelArtsClient
 
 DEFAULT_PHASES = ("Running", "Pending")
 ENDED_PHASES = frozenset({"completed", "failed", "terminated", "abnormal", "stopped"})
@@ -40,10 +38,10 @@ LOG_SERVICE_TYPES = frozenset({"real-time", "edge"})
 JOB_SEARCH_PAGE_SIZE = 50  # the search API's maximum
 SERVICE_PAGE_SIZE = 1000
 
-EP_JOB = "/v2/{project_id}/training-jobs/{training_job_id}"
-EP_JOB_SEARCH = "/v2/{project_id}/training-job-searches"
-EP_SERVICES = "/v1/{project_id}/services"
-EP_V1_FILE_NAMES = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log/file-names"
+EP_JOB = endpoints.JOB
+EP_JOB_SEARCH = endpoints.JOB_SEARCH
+EP_SERVICES = endpoints.SERVICES
+EP_V1_FILE_NAMES = endpoints.V1_LOG_FILE_NAMES
 
 
 class DiscoveryConfig(BaseModel):
@@ -71,6 +69,16 @@ class DiscoveryConfig(BaseModel):
 
     def phase_matches(self, phase: str) -> bool:
         return phase.lower() in {p.lower() for p in self.phases}
+
+
+class Discoverable:
+    """Mixin for source configs with a ``discovery:`` key: the target list refreshes at its interval."""
+
+    discovery: DiscoveryConfig
+
+    @property
+    def refresh_interval(self) -> float:
+        return float(self.discovery.interval) if self.discovery.enabled else 60.0
 
 
 def is_ended(phase: str) -> bool:

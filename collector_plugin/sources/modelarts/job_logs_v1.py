@@ -19,19 +19,25 @@ from typing import Any, ClassVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from collector_plugin import discovery
-from collector_plugin.durations import Duration
-from collector_plugin.errors import ApiError, ResponseFormatError
-from collector_plugin.hookspecs import hookimpl
-from collector_plugin.lines import LineSourceConfig
-from collector_plugin.mapping import v1_log_attributes
-from collector_plugin.records import Span
-from collector_plugin.source import Reader, Source, SourceConfig, SourceContext, Target
-from collector_plugin.sources.log_reader import ByteLogReader
+from collector_plugin.api import (
+    ApiError,
+    Duration,
+    LineSourceConfig,
+    Reader,
+    ResponseFormatError,
+    Source,
+    SourceConfig,
+    SourceContext,
+    Span,
+    Target,
+    hookimpl,
+)
+from collector_plugin.sources.modelarts import discovery, endpoints
+from collector_plugin.sources.modelarts.client import ModelArtsClient, modelarts_client
+from collector_plugin.sources.modelarts.log_reader import ByteLogReader
+from collector_plugin.sources.modelarts.records import v1_log_attributes
 
 SOURCE = "training_job_logs_v1"
-LOG_PATH = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
-LOG_ENDPOINT = "/v1/{project_id}/training-jobs/{job_id}/versions/{version_id}/log"
 MAX_RANGE = 2048  # the API's limit per call
 SPAN_BYTES = 64 * 1024  # a catching-up reader yields a span (a commit point) this often
 MAX_CALLS_PER_POLL = 256  # 512 KiB a poll; a reader still behind asks to be polled again at once
@@ -112,30 +118,37 @@ class V1LogTarget:
 class V1LogReader(ByteLogReader):
     """Reads one v1 log file from its cursor on (see the module docstring)."""
 
-    def __init__(self, target: V1LogTarget, config: JobLogsV1Config, context: SourceContext, cursor: str | None):
+    def __init__(
+        self,
+        target: V1LogTarget,
+        config: JobLogsV1Config,
+        context: SourceContext,
+        client: ModelArtsClient,
+        cursor: str | None,
+    ) -> None:
         super().__init__(
             key=target.key,
             source=SOURCE,
             config=config,
             context=context,
+            client=client,
             shared=v1_log_attributes(target.job_id, target.version_id, target.file_name),
             cursor=cursor,
         )
-        self._client = context.client
-        self._path = context.client.path(LOG_PATH, job_id=target.job_id, version_id=target.version_id)
+        self._client = client
+        self._path = client.path(endpoints.V1_LOG, job_id=target.job_id, version_id=target.version_id)
         self._file = target.file_name
-        self.behind = False
 
     async def _get(self, start: int, length: int = MAX_RANGE) -> V1LogResponse:
         resp = await self._client.get_model(
             self._path,
             V1LogResponse,
-            endpoint=LOG_ENDPOINT,
+            endpoint=endpoints.V1_LOG,
             params={"log_file": self._file, "start_byte": start, "offset": length},
         )
         if not resp.is_success:
             raise ApiError(
-                endpoint=LOG_ENDPOINT, status=200, error_code=resp.error_code or "", error_msg=resp.error_msg or ""
+                endpoint=endpoints.V1_LOG, status=200, error_code=resp.error_code or "", error_msg=resp.error_msg or ""
             )
         return resp
 
@@ -147,7 +160,7 @@ class V1LogReader(ByteLogReader):
             if self.resume is not None:
                 self.resume_at_cursor(self.resume)
             else:
-                self.start(self._first_offset(size, tail))
+                self.start(self.first_offset(size, tail))
                 yield self.empty_span()
         rewritten = size is not None and tail is not None and self.rewritten(tail, size - len(tail))
         if size is not None and (size < self.position or rewritten):
@@ -168,17 +181,6 @@ class V1LogReader(ByteLogReader):
         if size is not None:
             self.lag(size)
 
-    def _first_offset(self, size: int | None, tail: bytes | None) -> int:
-        """``beginning``: 0. ``end``: the start of the last, unfinished line if the tail shows it."""
-        if self.config.start_at == "beginning" or not size:
-            return 0
-        if tail is None:
-            return size
-        newline = tail.rfind(b"\n")
-        if newline < 0:
-            return 0 if len(tail) == size else size
-        return size - len(tail) + newline + 1
-
     async def _read_ranges(self, pos: int, size: int | None, *, final: bool) -> AsyncIterator[Span]:
         """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB.
 
@@ -187,7 +189,7 @@ class V1LogReader(ByteLogReader):
         """
         buf = bytearray()
         buf_start = pos
-        self.behind = False
+        self.status.behind = False
         for _ in range(MAX_CALLS_PER_POLL):
             resp = await self._get(pos)
             data = complete_prefix(resp, MAX_RANGE, final=final)
@@ -203,7 +205,7 @@ class V1LogReader(ByteLogReader):
             if short or not data or (size is not None and pos >= size):
                 break
         else:
-            self.behind = True
+            self.status.behind = True
         if buf:
             yield self.span(bytes(buf), buf_start)
 
@@ -216,6 +218,7 @@ class JobLogsV1Source:
     def __init__(self, config: JobLogsV1Config, context: SourceContext) -> None:
         self.config = config
         self.context = context
+        self.client = modelarts_client(context)
         self._files: dict[tuple[int, int], tuple[int, list[str]]] = {}
 
     async def targets(self) -> Sequence[Target]:
@@ -232,7 +235,7 @@ class JobLogsV1Source:
         if cached is not None and now - cached[0] < self.config.file_names_interval * 1e9:
             return cached[1]
         try:
-            names = await discovery.v1_log_file_names(self.context.client, job_id, version_id)
+            names = await discovery.v1_log_file_names(self.client, job_id, version_id)
         except (ApiError, ResponseFormatError) as exc:
             self.context.logger.warning("%s: cannot list the log files of job %s: %s", SOURCE, job_id, exc)
             return cached[1] if cached else []
@@ -242,7 +245,7 @@ class JobLogsV1Source:
     def open(self, target: Any, cursor: str | None) -> Reader:
         if not isinstance(target, V1LogTarget):
             raise TypeError(f"{SOURCE} cannot read {type(target).__name__}")
-        return V1LogReader(target, self.config, self.context, cursor)
+        return V1LogReader(target, self.config, self.context, self.client, cursor)
 
 
 @hookimpl

@@ -10,13 +10,21 @@ same offsets.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from collector_plugin.lines import LineAssembler, LineSourceConfig
-from collector_plugin.mapping import LineMapper
-from collector_plugin.records import Attributes, Span
-from collector_plugin.source import SourceContext
+from collector_plugin.api import (
+    Attributes,
+    BadCursor,
+    CursorCodec,
+    LineAssembler,
+    LineMapper,
+    LineSourceConfig,
+    ReaderStatus,
+    SourceContext,
+    Span,
+)
+from collector_plugin.sources.modelarts.client import SERVICE_TRAINING, ModelArtsClient
+from collector_plugin.sources.modelarts.records import LOG_ATTRIBUTE_PREFIX
 
 FINGERPRINT_BYTES = 64  # bytes before the position compared on each poll to spot a rewritten log
 
@@ -30,20 +38,24 @@ class LogCursor:
     epoch: int = 0
     before: bytes = b""
 
-    def dumps(self) -> str:
+    def dumps(self, codec: CursorCodec) -> str:
         data: dict[str, object] = {"offset": self.offset, "continued": self.continued, "epoch": self.epoch}
         if self.before:
             data["before"] = self.before.hex()
-        return json.dumps(data)
+        return codec.dumps(data)
 
     @classmethod
-    def loads(cls, text: str) -> LogCursor:
-        """Parse a cursor this module wrote; raise ValueError on anything else."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("offset"), int) or data["offset"] < 0:
-            raise ValueError("not a log cursor")
-        before = bytes.fromhex(str(data.get("before", "")))[-FINGERPRINT_BYTES:]
-        return cls(int(data["offset"]), bool(data.get("continued", False)), int(data.get("epoch", 0)), before)
+    def loads(cls, text: str, codec: CursorCodec) -> LogCursor:
+        """Parse a cursor this module wrote; :class:`BadCursor` on anything else."""
+        data = codec.loads(text)
+        offset = data.get("offset")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise codec.fail("offset")
+        try:
+            before = bytes.fromhex(str(data.get("before", "")))[-FINGERPRINT_BYTES:]
+            return cls(offset, bool(data.get("continued", False)), int(data.get("epoch", 0)), before)
+        except (ValueError, TypeError):
+            raise codec.fail("before/epoch") from None
 
 
 class ByteLogReader:
@@ -60,6 +72,7 @@ class ByteLogReader:
         source: str,
         config: LineSourceConfig,
         context: SourceContext,
+        client: ModelArtsClient,
         shared: Attributes,
         cursor: str | None,
     ) -> None:
@@ -67,13 +80,11 @@ class ByteLogReader:
         self.source = source
         self.config = config
         self.context = context
+        self.client = client
         self.shared = shared
-        self.resume: LogCursor | None = None
-        if cursor is not None:
-            try:
-                self.resume = LogCursor.loads(cursor)
-            except (ValueError, TypeError):
-                context.logger.warning("%s: ignoring an unreadable cursor; starting at %s", key, config.start_at)
+        self.status = ReaderStatus()
+        self.codec = CursorCodec(source)
+        self.resume: LogCursor | None = None if cursor is None else LogCursor.loads(cursor, self.codec)
         self.epoch = self.resume.epoch if self.resume else 0
         self.assembler: LineAssembler | None = None
         self.recent = b""  # the last bytes read before the position: a rewritten log shows here
@@ -82,7 +93,14 @@ class ByteLogReader:
 
     def _mapper(self) -> LineMapper:
         target = self.key if self.epoch == 0 else f"{self.key}#{self.epoch}"
-        return LineMapper(project_id=self.context.project_id, source=self.source, target=target, shared=self.shared)
+        return LineMapper(
+            scope=self.client.project_id,
+            source=self.source,
+            target=target,
+            shared=self.shared,
+            service=SERVICE_TRAINING,
+            prefix=LOG_ATTRIBUTE_PREFIX,
+        )
 
     def start(self, offset: int, continued: bool = False) -> LineAssembler:
         self.recent = b""
@@ -90,6 +108,18 @@ class ByteLogReader:
             self.config.max_line_bytes, self.config.line_start_pattern, offset=offset, continued=continued
         )
         return self.assembler
+
+    def first_offset(self, size: int | None, window: bytes | None) -> int:
+        """Where a first read starts: ``beginning``: 0; ``end``: the start of the last, unfinished
+        line if ``window`` (the log's last bytes) shows it, else the end."""
+        if self.config.start_at == "beginning" or not size:
+            return 0
+        if window is None:
+            return size
+        newline = window.rfind(b"\n")
+        if newline < 0:
+            return 0 if len(window) == size else size
+        return size - len(window) + newline + 1
 
     def resume_at_cursor(self, cursor: LogCursor) -> None:
         """Start where a committed cursor says, knowing the bytes that preceded it."""
@@ -106,7 +136,7 @@ class ByteLogReader:
         assert asm is not None
         held = asm.end_offset - asm.pending_offset  # read, but not yet emitted as a line
         before = self.recent[: len(self.recent) - held] if held < len(self.recent) else b""
-        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before).dumps()
+        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before).dumps(self.codec)
 
     def span(self, data: bytes, offset: int) -> Span:
         """Feed ``data`` (at byte ``offset``) and return its records with the cursor after them."""
@@ -121,7 +151,6 @@ class ByteLogReader:
         now = self.context.clock_ns()
         record = self.mapper.record
         records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
-        self._count(len(data), len(records))
         return Span(self.key, records, self.cursor(), len(data))
 
     def empty_span(self) -> Span:
@@ -141,7 +170,6 @@ class ByteLogReader:
             return None
         record = self.mapper.record
         records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
-        self._count(0, len(records))
         return Span(self.key, records, self.cursor(), 0)
 
     def restarted(self, size: int) -> Span:
@@ -158,15 +186,12 @@ class ByteLogReader:
         self.mapper = self._mapper()
         self.start(0)
         self.grew_ns = now
-        metrics = self.context.metrics
-        if metrics is not None:
-            metrics.restarts_detected.labels(self.source).inc()
-        self._count(0, len(records))
+        self.context.metrics.restart()
         self.context.logger.warning(
             "%s: log restarted (now %d bytes, %d already read); reading it again from the start",
             self.key,
             size,
-            records[-1].attributes["modelarts.log.previous_size"],
+            records[-1].attributes[f"{LOG_ATTRIBUTE_PREFIX}.previous_size"],
         )
         return Span(self.key, records, self.cursor(), 0)
 
@@ -182,10 +207,7 @@ class ByteLogReader:
         start = asm.end_offset
         records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=now))
         self.start(end)
-        metrics = self.context.metrics
-        if metrics is not None:
-            metrics.gaps.labels(self.source).inc()
-        self._count(0, len(records))
+        self.context.metrics.gap()
         self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)
         return Span(self.key, records, self.cursor(), 0)
 
@@ -201,18 +223,7 @@ class ByteLogReader:
         return window[start - window_start : self.position - window_start] != self.recent
 
     def lag(self, size: int) -> None:
-        metrics = self.context.metrics
-        if metrics is not None:
-            metrics.target_lag_bytes.labels(self.source, self.key).set(max(0, size - self.position))
-
-    def _count(self, nbytes: int, nrecords: int) -> None:
-        metrics = self.context.metrics
-        if metrics is None:
-            return
-        if nbytes:
-            metrics.bytes_read.labels(self.source).inc(nbytes)
-        if nrecords:
-            metrics.records_read.labels(self.source).inc(nrecords)
+        self.status.lag_bytes = max(0, size - self.position)
 
 
-__all__ = ["ByteLogReader", "LogCursor"]
+__all__ = ["BadCursor", "ByteLogReader", "LogCursor"]

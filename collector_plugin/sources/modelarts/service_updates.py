@@ -9,25 +9,35 @@ one more when it turns ``SUCCESS`` or ``FAIL``, and nothing while it stays uncha
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector_plugin.discovery import DiscoveryConfig, list_services
-from collector_plugin.durations import Duration
-from collector_plugin.errors import CheckpointError
-from collector_plugin.hookspecs import hookimpl
-from collector_plugin.mapping import service_update_record
-from collector_plugin.records import Record, Span
-from collector_plugin.source import Reader, Source, SourceConfig, SourceContext, Target
+from collector_plugin.api import (
+    CursorCodec,
+    Duration,
+    Reader,
+    ReaderStatus,
+    Record,
+    Source,
+    SourceConfig,
+    SourceContext,
+    Span,
+    Target,
+    hookimpl,
+)
+from collector_plugin.sources.modelarts import endpoints
+from collector_plugin.sources.modelarts.client import modelarts_client
+from collector_plugin.sources.modelarts.discovery import Discoverable, DiscoveryConfig, list_services
+from collector_plugin.sources.modelarts.records import SERVICE_UPDATES_SOURCE, service_update_record
 
-SOURCE_NAME = "service_update_logs"
-EP_SERVICE_LOGS = "/v1/{project_id}/services/{service_id}/logs"
+SOURCE_NAME = SERVICE_UPDATES_SOURCE
+EP_SERVICE_LOGS = endpoints.SERVICE_LOGS
 MAX_UPDATES = 500  # updates remembered in a cursor; older ones count as emitted
-CURSOR_VERSION = 1
+CODEC = CursorCodec(SOURCE_NAME, version=1)
+IN_PROGRESS = frozenset({"RUNNING"})  # the documented results: SUCCESS, FAIL, RUNNING
 _NUMERIC_CONFIG_KEYS = ("weight", "instance_count")
 
 
@@ -37,7 +47,7 @@ class ServiceConfig(BaseModel):
     id: str = Field(min_length=1)
 
 
-class ServiceUpdatesConfig(SourceConfig):
+class ServiceUpdatesConfig(Discoverable, SourceConfig):
     poll_interval: Duration = 30.0
     start_at: Literal["beginning", "end"] = "beginning"
     services: list[ServiceConfig] = Field(default_factory=list)
@@ -92,20 +102,27 @@ class UpdateTracker:
     def from_cursor(cls, cursor: str | None, max_updates: int = MAX_UPDATES) -> UpdateTracker:
         if cursor is None:
             return cls({}, max_updates=max_updates)
+        data = CODEC.loads(cursor)
         try:
-            data = json.loads(cursor)
             results = {}
             for key, result in data["seen"].items():
                 time_ms, _, pos = key.partition(":")
                 results[(int(time_ms), int(pos or 0))] = str(result)
             floor = (int(data["floor"][0]), int(data["floor"][1]))
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
-            raise CheckpointError(f"{SOURCE_NAME}: unreadable cursor ({type(err).__name__})") from None
+            raise CODEC.fail(type(err).__name__) from None
         return cls(results, floor, max_updates)
 
     def cursor(self) -> str:
         seen = {f"{t}:{p}": r for (t, p), r in sorted(self.results.items())}
-        return json.dumps({"v": CURSOR_VERSION, "floor": list(self.floor), "seen": seen}, separators=(",", ":"))
+        return CODEC.dumps({"floor": list(self.floor), "seen": seen})
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the latest update has not reached a final state (RUNNING): news is near."""
+        if not self.results:
+            return False
+        return self.results[max(self.results)] in IN_PROGRESS
 
     def changes(self, updates: Sequence[_Update]) -> list[tuple[int, _Update]]:
         """(position, update) for each update that is new or whose result changed, oldest first."""
@@ -157,31 +174,31 @@ class ServiceUpdatesReader:
 
     def __init__(self, source: ServiceUpdatesSource, target: ServiceTarget, cursor: str | None) -> None:
         self.key = target.key
+        self.status = ReaderStatus()
         self._source = source
         self._target = target
         self._tracker = UpdateTracker.from_cursor(cursor)
         self._emit = cursor is not None or source.config.start_at == "beginning"
         self._last_cursor = cursor
-        self._path = source.context.client.path(EP_SERVICE_LOGS, service_id=target.service_id)
+        self._path = source.client.path(EP_SERVICE_LOGS, service_id=target.service_id)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         ctx = self._source.context
-        answer = await ctx.client.get_model(self._path, _ServiceLogs, endpoint=EP_SERVICE_LOGS)
+        answer = await self._source.client.get_model(self._path, _ServiceLogs, endpoint=EP_SERVICE_LOGS)
         observed = ctx.clock_ns()
         name = answer.service_name or self._target.service_name or ""
         changed = self._tracker.changes(answer.logs or [])
         records = [self._record(pos, update, name, observed) for pos, update in changed] if self._emit else []
         self._emit = True
+        self.status.transitional = self._tracker.in_progress
         cursor = self._tracker.cursor()
         if records or cursor != self._last_cursor:
             self._last_cursor = cursor
-            if ctx.metrics is not None and records:
-                ctx.metrics.records_read.labels(SOURCE_NAME).inc(len(records))
             yield Span(target=self.key, records=records, cursor=cursor, nbytes=0)
 
     def _record(self, position: int, update: _Update, service_name: str, observed_ns: int) -> Record:
         return service_update_record(
-            project_id=self._source.context.project_id,
+            project_id=self._source.client.project_id,
             service_id=self._target.service_id,
             service_name=service_name,
             update_time_ms=update.update_time,
@@ -203,6 +220,7 @@ class ServiceUpdatesSource:
     def __init__(self, config: ServiceUpdatesConfig, context: SourceContext) -> None:
         self.config = config
         self.context = context
+        self.client = modelarts_client(context)
         self._discovered: dict[str, ServiceTarget] = {}
 
     async def targets(self) -> Sequence[Target]:
@@ -213,20 +231,18 @@ class ServiceUpdatesSource:
             found[target.key] = target
         if self.config.discovery.enabled:
             current = {}
-            for info in await list_services(self.context.client, self.config.discovery):
+            for info in await list_services(self.client, self.config.discovery):
                 target = ServiceTarget(info.id, info.name or None)
                 current[target.key] = target
             gone = {k: ServiceTarget(t.service_id, t.service_name, active=False) for k, t in self._discovered.items()}
             self._discovered = dict(current)
             for key, target in {**gone, **current}.items():
                 found.setdefault(key, target)
-        if self.context.metrics is not None:
-            self.context.metrics.targets_discovered.labels(SOURCE_NAME).set(len(found))
         return list(found.values())
 
     def open(self, target: Any, cursor: str | None) -> Reader:
         if not isinstance(target, ServiceTarget):
-            target = ServiceTarget(str(getattr(target, "service_id", target)))
+            raise TypeError(f"{SOURCE_NAME} cannot read {type(target).__name__}")
         return ServiceUpdatesReader(self, target, cursor)
 
 

@@ -25,22 +25,27 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from collector_plugin import discovery
-from collector_plugin.client import parse_model
-from collector_plugin.discovery import DiscoveryConfig, JobInfo
-from collector_plugin.errors import ApiError, ObsLinkExpired, ResponseFormatError
-from collector_plugin.hookspecs import hookimpl
-from collector_plugin.lines import LineSourceConfig
-from collector_plugin.mapping import task_log_attributes
-from collector_plugin.records import Span
-from collector_plugin.source import Reader, Source, SourceConfig, SourceContext, Target
-from collector_plugin.sources.log_reader import ByteLogReader
+from collector_plugin.api import (
+    ApiError,
+    LineSourceConfig,
+    ObsLinkExpired,
+    Reader,
+    ResponseFormatError,
+    Source,
+    SourceConfig,
+    SourceContext,
+    Span,
+    Target,
+    hookimpl,
+    parse_model,
+)
+from collector_plugin.sources.modelarts import discovery, endpoints
+from collector_plugin.sources.modelarts.client import ModelArtsClient, modelarts_client
+from collector_plugin.sources.modelarts.discovery import Discoverable, DiscoveryConfig, JobInfo
+from collector_plugin.sources.modelarts.log_reader import ByteLogReader
+from collector_plugin.sources.modelarts.records import task_log_attributes
 
 SOURCE = "training_task_logs"
-PREVIEW_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/preview"
-LINK_PATH = "/v2/{project_id}/training-jobs/{job_id}/tasks/{task}/logs/url"
-PREVIEW_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/preview"
-LINK_ENDPOINT = "/v2/{project_id}/training-jobs/{training_job_id}/tasks/{task_id}/logs/url"
 OBS_CHUNK_BYTES = 256 << 10  # a span per 256 KiB of a streamed OBS range: the event loop breathes between spans
 TAIL_VIA_OBS_BYTES = 256 << 10  # caught up on a log this large: read new bytes from OBS, not the preview
 PREVIEW_SPAN_BYTES = 256 << 10
@@ -58,7 +63,7 @@ class TaskJobConfig(BaseModel):
     tasks: list[str] = Field(default_factory=list, description="Empty: read every task of the job.")
 
 
-class TaskLogsConfig(LineSourceConfig):
+class TaskLogsConfig(Discoverable, LineSourceConfig):
     jobs: list[TaskJobConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
@@ -101,19 +106,27 @@ class TaskLogTarget:
 class TaskLogReader(ByteLogReader):
     """Reads one task's log from its cursor on (see the module docstring)."""
 
-    def __init__(self, target: TaskLogTarget, config: TaskLogsConfig, context: SourceContext, cursor: str | None):
+    def __init__(
+        self,
+        target: TaskLogTarget,
+        config: TaskLogsConfig,
+        context: SourceContext,
+        client: ModelArtsClient,
+        cursor: str | None,
+    ) -> None:
         super().__init__(
             key=target.key,
             source=SOURCE,
             config=config,
             context=context,
+            client=client,
             shared=task_log_attributes(target.job_id, target.task, target.job_name),
             cursor=cursor,
         )
-        client = context.client
         self._client = client
-        self._preview_path = client.path(PREVIEW_PATH, job_id=target.job_id, task=target.task)
-        self._link_path = client.path(LINK_PATH, job_id=target.job_id, task=target.task)
+        ids = {"training_job_id": target.job_id, "task_id": target.task}
+        self._preview_path = client.path(endpoints.TASK_LOG_PREVIEW, **ids)
+        self._link_path = client.path(endpoints.TASK_LOG_URL, **ids)
         self._link: str | None = None
         self._link_ns = 0
         self._obs_misses = 0
@@ -131,7 +144,7 @@ class TaskLogReader(ByteLogReader):
                     yield span
             if tailed:
                 return
-        preview = await self._client.get_model(self._preview_path, PreviewResponse, endpoint=PREVIEW_ENDPOINT)
+        preview = await self._client.get_model(self._preview_path, PreviewResponse, endpoint=endpoints.TASK_LOG_PREVIEW)
         size = preview.full_size
         content = preview.content.encode("utf-8")
         covered = preview.current_size if preview.current_size is not None else len(content)
@@ -142,7 +155,7 @@ class TaskLogReader(ByteLogReader):
             if self.resume is not None:
                 self.resume_at_cursor(self.resume)
             else:
-                self.start(self._first_offset(size, content if exact else b""))
+                self.start(self.first_offset(size, content if exact else None))
                 yield self.empty_span()
         if size < self.position or (exact and self.rewritten(content, preview_start)):
             yield self.restarted(size)
@@ -190,15 +203,6 @@ class TaskLogReader(ByteLogReader):
             yield flushed
         self.lag(size)
         yield None
-
-    def _first_offset(self, size: int, content: bytes) -> int:
-        """``beginning``: 0. ``end``: the start of the last, unfinished line if the preview shows it."""
-        if self.config.start_at == "beginning":
-            return 0
-        newline = content.rfind(b"\n")
-        if newline < 0:
-            return 0 if len(content) == size else size
-        return size - len(content) + newline + 1
 
     async def _read_obs(self, start: int, stop: int | None, *, verify: bytes = b"") -> AsyncIterator[Span]:
         """Stream bytes ``[start, stop)`` (``None``: to the end) from the OBS link, a span per OBS_CHUNK_BYTES.
@@ -252,8 +256,10 @@ class TaskLogReader(ByteLogReader):
                     raise
             except httpx.HTTPError:
                 broken += 1
-                if broken >= self._client.retry.max_attempts:
-                    raise ApiError(endpoint="obs", status=0, error_msg="the answer broke off repeatedly") from None
+                if self._client.api.retry.exhausted(broken):
+                    raise ApiError(
+                        endpoint=endpoints.OBS, status=0, error_msg="the answer broke off repeatedly"
+                    ) from None
 
     def _answer_offset(self, response: httpx.Response, start: int) -> int | None:
         """Bytes to skip before ``start`` in this answer (None: nothing there); notes the log size."""
@@ -266,9 +272,9 @@ class TaskLogReader(ByteLogReader):
         now = self.context.clock_ns()
         if self._link is None or now - self._link_ns > LINK_MAX_AGE_S * 1e9:
             data = await self._client.request_json(
-                "GET", self._link_path, endpoint=LINK_ENDPOINT, headers={"Content-Type": "text/plain"}
+                "GET", self._link_path, endpoint=endpoints.TASK_LOG_URL, headers={"Content-Type": "text/plain"}
             )
-            self._link = parse_model(LinkResponse, data, LINK_ENDPOINT).obs_url
+            self._link = parse_model(LinkResponse, data, endpoints.TASK_LOG_URL).obs_url
             self._link_ns = now
         return self._link
 
@@ -290,7 +296,7 @@ def answer_window(status: int, content_range: str, start: int) -> tuple[int | No
     if status == 206:
         first = int(match.group(1)) if match and match.group(1) else start
         if first > start:
-            raise ResponseFormatError("obs", "Content-Range", f"range starts at {first}, after {start}")
+            raise ResponseFormatError(endpoints.OBS, "Content-Range", f"range starts at {first}, after {start}")
         return start - first, size
     return start, size
 
@@ -303,6 +309,7 @@ class TaskLogsSource:
     def __init__(self, config: TaskLogsConfig, context: SourceContext) -> None:
         self.config = config
         self.context = context
+        self.client = modelarts_client(context)
         self._discovered: dict[str, JobInfo] = {}
 
     async def targets(self) -> Sequence[Target]:
@@ -322,7 +329,7 @@ class TaskLogsSource:
             active = not (info.ended if info else False)
             out += [TaskLogTarget(job.id, task, name, active) for task in tasks]
         if self.config.discovery.enabled:
-            found = {info.id: info for info in await discovery.search_jobs(self.context.client, self.config.discovery)}
+            found = {info.id: info for info in await discovery.search_jobs(self.client, self.config.discovery)}
             for job_id, known in list(self._discovered.items()):
                 if job_id in found:
                     continue
@@ -342,7 +349,7 @@ class TaskLogsSource:
 
     async def _job_info(self, job_id: str, *, quiet: bool) -> JobInfo | None:
         try:
-            return await discovery.get_job(self.context.client, job_id)
+            return await discovery.get_job(self.client, job_id)
         except (ApiError, ResponseFormatError) as exc:
             log = self.context.logger.debug if quiet else self.context.logger.warning
             log("%s: cannot read the details of training job %s: %s", SOURCE, job_id, exc)
@@ -351,7 +358,7 @@ class TaskLogsSource:
     def open(self, target: Any, cursor: str | None) -> Reader:
         if not isinstance(target, TaskLogTarget):
             raise TypeError(f"{SOURCE} cannot read {type(target).__name__}")
-        return TaskLogReader(target, self.config, self.context, cursor)
+        return TaskLogReader(target, self.config, self.context, self.client, cursor)
 
 
 def _ended(info: JobInfo) -> JobInfo:

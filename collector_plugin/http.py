@@ -1,11 +1,11 @@
-"""The async ModelArts API client shared by every source.
+"""The async HTTP client every source gets: rate-limited, retrying and metered, for any API.
 
-One process-wide rate limiter (token bucket: requests/s with burst) and one concurrency limit;
-retries with exponential backoff and full jitter on 429 (honouring ``Retry-After``), 5xx,
-``APIG.0308``, ``ModelArts.6101`` and connection errors, never on other 4xx. Errors name the
-endpoint *path* (never a signed URL, never a signature). Responses are validated with pydantic
-models owned by the sources; a body that breaks its model raises :class:`ResponseFormatError`
-naming the endpoint and the field.
+One rate limiter (token bucket: requests/s with burst) and one concurrency limit per client,
+shared by every source that uses it; retries with backoff (honouring ``Retry-After``) on 429,
+5xx, the API's own throttling codes (``retryable_codes``, e.g. ModelArts' ``APIG.0308``) and
+connection errors, never on other 4xx. Errors name the endpoint *template* (never a signed URL,
+never a signature). Responses are validated with pydantic models owned by the sources; a body
+that breaks its model raises :class:`ResponseFormatError` naming the endpoint and the field.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, Respons
 from collector_plugin.telemetry import Metrics
 
 M = TypeVar("M", bound=BaseModel)
-
-RETRYABLE_CODES = frozenset({"APIG.0308", "ModelArts.6101"})
-AUTH_CODES_PREFIX = ("APIG.0301", "APIG.0302", "APIG.0303", "APIG.0304", "APIG.0305")
 
 
 class RateLimiter:
@@ -69,11 +66,11 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
     return str(code), str(msg)[:500]
 
 
-def api_error(response: httpx.Response, endpoint: str) -> ApiError:
+def api_error(response: httpx.Response, endpoint: str, retryable_codes: frozenset[str] = frozenset()) -> ApiError:
     """Map an error answer to an ApiError, deciding whether a retry may help."""
     code, msg = _error_fields(response)
     status = response.status_code
-    retryable = status == 429 or status >= 500 or code in RETRYABLE_CODES
+    retryable = status == 429 or status >= 500 or code in retryable_codes
     return ApiError(
         endpoint=endpoint,
         status=status,
@@ -94,13 +91,12 @@ def parse_model(model: type[M], data: Any, endpoint: str) -> M:
         raise ResponseFormatError(endpoint, field, first["msg"]) from None
 
 
-class ModelArtsClient:
-    """Async client for the ModelArts API (signed) and temporary OBS links (unsigned)."""
+class ApiClient:
+    """Async client for one API (``auth`` signs its requests) and for pre-signed links (unsigned)."""
 
     def __init__(
         self,
         base_url: str,
-        project_id: str,
         *,
         auth: httpx.Auth | None = None,
         timeout: float = 30.0,
@@ -111,9 +107,11 @@ class ModelArtsClient:
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: bool | str = True,
+        retryable_codes: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.project_id = project_id
+        self.retryable_codes = retryable_codes
         self.retry = retry or Backoff()
         self.metrics = metrics or Metrics()
         self.limiter = RateLimiter(rate_limit, burst)
@@ -127,25 +125,39 @@ class ModelArtsClient:
             limits=limits,
             verify=verify,
             follow_redirects=False,
+            headers=headers,
         )
         self._obs = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits, verify=verify)
-
-    def path(self, template: str, **params: str | int) -> str:
-        """Fill ``{project_id}`` and the given path parameters (URL-quoted)."""
-        from urllib.parse import quote
-
-        values = {k: quote(str(v), safe="") for k, v in params.items()}
-        return template.format(project_id=quote(self.project_id, safe=""), **values)
 
     async def aclose(self) -> None:
         await self._http.aclose()
         await self._obs.aclose()
 
-    async def __aenter__(self) -> ModelArtsClient:
+    async def __aenter__(self) -> ApiClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str | int] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send a request (signed by the client's auth) with retries; the answer once it is not an error.
+
+        ``endpoint`` is the path template used in metrics and errors (low cardinality, no ids).
+        """
+        req_headers = dict(headers or {})
+        return await self._send_with_retries(
+            endpoint,
+            lambda: self._http.build_request(method, path, params=params, content=content, headers=req_headers),
+        )
 
     async def request_json(
         self,
@@ -157,17 +169,13 @@ class ModelArtsClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """Send a signed API request with retries and return the decoded JSON body.
-
-        ``endpoint`` is the path template used in metrics and errors (low cardinality, no ids).
-        """
+        """:meth:`request` with a JSON body (if any), returning the decoded JSON answer."""
         content = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         req_headers = dict(headers or {})
         if content is not None:
             req_headers.setdefault("Content-Type", "application/json")
-        response = await self._send_with_retries(
-            endpoint,
-            lambda: self._http.build_request(method, path, params=params, content=content, headers=req_headers),
+        response = await self.request(
+            method, path, endpoint=endpoint, params=params, content=content, headers=req_headers
         )
         try:
             return response.json()
@@ -212,7 +220,7 @@ class ModelArtsClient:
                             raise ObsLinkExpired(endpoint="obs", status=403, error_msg="temporary link expired")
                         if response.status_code >= 400 and response.status_code != 416:
                             await response.aread()
-                            err = api_error(response, "obs")
+                            err = api_error(response, "obs", self.retryable_codes)
                             if err.retryable and not self.retry.exhausted(attempt):
                                 self.metrics.api_requests.labels("obs", f"retry_{response.status_code}").inc()
                                 await asyncio.sleep(self.retry.delay(attempt, err.retry_after))
@@ -264,7 +272,7 @@ class ModelArtsClient:
             if response.status_code < 400:
                 self.metrics.api_requests.labels(endpoint, "ok").inc()
                 return response
-            err = api_error(response, endpoint)
+            err = api_error(response, endpoint, self.retryable_codes)
             self.metrics.api_errors.labels(endpoint, err.error_code or str(err.status)).inc()
             if err.retryable and not self.retry.exhausted(attempt):
                 self.metrics.api_retries.labels(endpoint, str(err.status)).inc()
@@ -277,6 +285,47 @@ class ModelArtsClient:
             if response.status_code in (401, 403) and not err.retryable:
                 raise AuthError(
                     f"{endpoint}: HTTP {response.status_code} {err.error_code} {err.error_msg}".strip()
-                    + " (check the credentials and project_id)"
+                    + " (check the credentials)"
                 )
             raise err
+
+
+class HttpClients:
+    """The context's HTTP client factory: one shared :class:`ApiClient` per name, closed together.
+
+    ``name`` identifies a credential and API: sources asking for the same name share one rate
+    limit, as the API's flow control counts per credential, not per source.
+    """
+
+    def __init__(self, metrics: Metrics, *, transport: httpx.AsyncBaseTransport | None = None, **defaults: Any):
+        self._metrics = metrics
+        self._transport = transport
+        self._defaults = defaults
+        self._clients: dict[str, ApiClient] = {}
+
+    def __call__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        auth: Any = None,
+        retryable_codes: frozenset[str] = frozenset(),
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiClient:
+        found = self._clients.get(name)
+        if found is None:
+            found = self._clients[name] = ApiClient(
+                base_url,
+                auth=auth,
+                metrics=self._metrics,
+                transport=self._transport,
+                retryable_codes=retryable_codes,
+                headers=headers,
+                **self._defaults,
+            )
+        return found
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
