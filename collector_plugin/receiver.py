@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from collector_plugin import __version__
@@ -17,12 +17,12 @@ from collector_plugin.backoff import Backoff
 from collector_plugin.checkpoint import CheckpointStore
 from collector_plugin.client import ModelArtsClient
 from collector_plugin.config import Config
-from collector_plugin.export import Pipeline, Transport, build_pipeline
+from collector_plugin.errors import ReceiverError
+from collector_plugin.export import Pipeline, Transport, build_pipeline, make_transport
 from collector_plugin.logs import register_secret
-from collector_plugin.mapping import resource_attributes
 from collector_plugin.plugins import RegisteredSource
-from collector_plugin.records import Attributes
 from collector_plugin.scheduler import Scheduler, SourceRuntime
+from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import SourceContext
 from collector_plugin.telemetry import Metrics, TelemetryServer
 
@@ -53,7 +53,12 @@ class Receiver:
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until ``stop``; return True when everything held was delivered and committed."""
         if self.telemetry is not None:
-            self.telemetry.start()
+            try:
+                self.telemetry.start()
+            except ReceiverError:  # e.g. the port is taken: release what build_receiver opened
+                await self.client.aclose()
+                self.store.close()
+                raise
         await self.pipeline.start()
         self.started = True
         log.info(
@@ -71,19 +76,6 @@ class Receiver:
                 self.telemetry.stop()
             log.info("receiver stopped", extra={"flushed": clean})
         return clean
-
-
-def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str], Attributes]:
-    def resource_for(service: str) -> Attributes:
-        return resource_attributes(
-            service=service,
-            region=config.modelarts.region,
-            project_id=config.modelarts.project_id,
-            configured=config.resource.attributes,
-            environ=environ,
-        )
-
-    return resource_for
 
 
 def register_secrets(config: Config) -> None:
@@ -116,7 +108,7 @@ def build_client(config: Config, metrics: Metrics, *, transport: object | None =
 
 
 def build_receiver(
-    config: Config,
+    config: Config | Settings,
     registry: Mapping[str, RegisteredSource],
     *,
     environ: Mapping[str, str] | None = None,
@@ -125,20 +117,24 @@ def build_receiver(
     telemetry: bool = True,
     jitter: bool = True,
 ) -> Receiver:
-    """Wire a receiver from a validated config. ``transport`` replaces the OTLP transport (tests)."""
-    environ = os.environ if environ is None else environ
+    """Wire a receiver from resolved settings (or a validated config, resolved against ``environ``).
+
+    ``transport`` replaces the OTLP transport (tests).
+    """
+    settings = config if isinstance(config, Settings) else resolve(config, os.environ if environ is None else environ)
+    config = settings.config
     register_secrets(config)
     metrics = Metrics()
     client = build_client(config, metrics, transport=api_transport)
-    store = CheckpointStore.open(config.checkpoint.path)
+    store = CheckpointStore.open(settings.checkpoint_path)
     pipeline = build_pipeline(
         config.exporter,
         store,
-        _resource_for(config, environ),
+        settings.resource_for,
         metrics,
-        environ,
+        {},  # only read when transport is None, and it is not: settings.exporter is resolved
         scope_version=__version__,
-        transport=transport,
+        transport=transport or make_transport(settings.exporter),
     )
     context = SourceContext(
         client=client, project_id=config.modelarts.project_id, region=config.modelarts.region, metrics=metrics
@@ -146,6 +142,6 @@ def build_receiver(
     runtimes = [SourceRuntime(name, registry[name].cls(cfg, context), cfg) for name, cfg in config.sources.items()]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
     receiver = Receiver(config, client, store, pipeline, scheduler, metrics)
-    if telemetry and config.telemetry.listen:
-        receiver.telemetry = TelemetryServer(config.telemetry.listen, metrics, receiver.ready)
+    if telemetry and settings.telemetry.listen:
+        receiver.telemetry = TelemetryServer(settings.telemetry.listen, metrics, receiver.ready)
     return receiver
