@@ -26,8 +26,9 @@ from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
 
-from collector_plugin.config import AuthConfig
-from collector_plugin.errors import ApiError, AuthError, ConfigError
+from collector_plugin.config import AuthConfig, iam_endpoint
+from collector_plugin.config import default_iam_endpoint as default_iam_endpoint  # re-exported: its old home
+from collector_plugin.errors import ApiError, AuthError
 from collector_plugin.logs import register_secret
 
 ALGORITHM = "SDK-HMAC-SHA256"
@@ -478,10 +479,6 @@ def _iam_error_message(response: httpx.Response) -> str:
 # --- choosing --------------------------------------------------------------------------------------
 
 
-def default_iam_endpoint(region: str) -> str:
-    return f"https://iam.{region}.myhuaweicloud.com"
-
-
 def make_auth(
     auth: AuthConfig,
     *,
@@ -499,11 +496,8 @@ def make_auth(
         assert auth.token is not None
         return TokenAuth(auth.token.get_secret_value())
     assert auth.username and auth.password and auth.domain_name
-    endpoint = auth.iam_endpoint or (default_iam_endpoint(region) if region else "")
-    if not endpoint:
-        raise ConfigError(["modelarts.auth.iam_endpoint: required when modelarts.region is not set"])
     return IamPasswordAuth(
-        endpoint,
+        iam_endpoint(auth, region),
         auth.username,
         auth.password.get_secret_value(),
         auth.domain_name,

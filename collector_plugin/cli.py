@@ -13,14 +13,15 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from collector_plugin import __version__
-from collector_plugin.config import Config, load_config, parse_config
+from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, ReceiverError
-from collector_plugin.plugins import load_sources
+from collector_plugin.plugins import load_catalog, load_sources
+from collector_plugin.settings import Settings, load_settings
 
 DEFAULT_CONFIG_ENV = "MODELARTS_RECEIVER_CONFIG"
 
@@ -43,14 +44,23 @@ async def _run_until_signalled(receiver: Any, duration: float | None = None) -> 
     return bool(await receiver.run(stop))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def prepare_run(path: str, environ: Mapping[str, str]) -> Any:
+    """Everything ``run`` does before polling: load and resolve the config, set up logging, wire.
+
+    Every :class:`ConfigError` start-up can raise comes from here (or from
+    :func:`load_settings`, which ``validate`` shares), so ``validate`` rejects the same configs.
+    """
     from collector_plugin.logs import setup_logging
     from collector_plugin.receiver import build_receiver
 
     registry = load_sources()
-    config = load_config(_config_path(args), registry)
-    setup_logging(config.telemetry.log_level, config.telemetry.log_format)
-    receiver = build_receiver(config, registry)
+    settings = load_settings(path, registry, environ)
+    setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    return build_receiver(settings, registry)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    receiver = prepare_run(_config_path(args), os.environ)
     clean = asyncio.run(_run_until_signalled(receiver))
     return 0 if clean else 3
 
@@ -58,19 +68,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     registry = load_sources()
     path = _config_path(args)
-    config = load_config(path, registry)
-    names = ", ".join(config.sources) or "none"
-    print(f"{path}: valid ({len(config.sources)} source(s) enabled: {names})")
+    settings = load_settings(path, registry, os.environ)
+    names = ", ".join(settings.config.sources) or "none"
+    print(f"{path}: valid ({len(settings.config.sources)} source(s) enabled: {names})")
     return 0
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    registry = load_sources()
-    width = max((len(name) for name in registry), default=4)
-    for name, reg in registry.items():
+    """List healthy plugins' sources; name each broken plugin on stderr and exit 1."""
+    catalog = load_catalog()
+    width = max((len(name) for name in catalog.sources), default=4)
+    for name, reg in catalog.sources.items():
         description = getattr(reg.cls, "description", "")
         print(f"{name:<{width}}  {reg.origin:<28}  {description}")
-    return 0
+    for err in catalog.broken:
+        print(f"error: {err}", file=sys.stderr)
+    return 1 if catalog.broken else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -141,14 +154,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tail(args: argparse.Namespace, config: Config) -> None:
+async def _tail(args: argparse.Namespace, settings: Settings) -> None:
     from collector_plugin.console import format_record
     from collector_plugin.receiver import build_connections, build_http, source_context
     from collector_plugin.telemetry import Metrics
 
     metrics = Metrics()
-    http = build_http(config, metrics)
-    connections = build_connections(config, http)
+    http = build_http(settings.config, metrics)
+    connections = build_connections(settings.config, http)
     registry = load_sources()
     readers = []
     tasks_cfg = {"start_at": "beginning", "flush_after": "1s", "jobs": [{"id": args.job, "tasks": args.task or []}]}
@@ -157,7 +170,7 @@ async def _tail(args: argparse.Namespace, config: Config) -> None:
         wanted.append(("training_job_events", {"start_at": "beginning", "jobs": [{"id": args.job}]}))
     for name, raw in wanted:
         cls = registry[name].cls
-        source = cls(cls.config_model.model_validate(raw), source_context(name, config, http, connections, metrics, {}))
+        source = cls(cls.config_model.model_validate(raw), source_context(name, settings, http, connections, metrics))
         for target in await source.targets():
             readers.append(source.open(target, None))
     color = sys.stdout.isatty()
@@ -178,9 +191,9 @@ async def _tail(args: argparse.Namespace, config: Config) -> None:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     registry = load_sources()
-    config = load_config(_config_path(args), registry)
+    settings = load_settings(_config_path(args), registry, os.environ)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail(args, config))
+        asyncio.run(_tail(args, settings))
     return 0
 
 

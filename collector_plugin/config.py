@@ -15,9 +15,19 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from collector_plugin.durations import Duration
 from collector_plugin.errors import ConfigError
@@ -31,6 +41,34 @@ ENV_SECURITY_TOKEN = "HUAWEICLOUD_SDK_SECURITY_TOKEN"
 ENV_PROJECT_ID = "HUAWEICLOUD_SDK_PROJECT_ID"
 
 _ENV_REF = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.%A-Za-z]+)\]|(?P<host>[A-Za-z0-9._-]*)):(?P<port>[0-9]{1,5})")
+LISTEN_FORMS = 'expected host:port with a port 0-65535 (e.g. 0.0.0.0:8888, [::1]:9464), or "" to turn it off'
+IAM_ENDPOINT_REQUIRED = "modelarts.auth.iam_endpoint: required for password login when modelarts.region is not set"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port); ``ValueError`` naming the forms.
+
+    Stricter than a bare ``rpartition(":")``: an IPv6 host needs brackets, so ``::1:80`` is not
+    silently read as host ``::1``.
+    """
+    match = _LISTEN.fullmatch(text.strip())
+    if match is None or int(match["port"]) > 65535:
+        raise ValueError(LISTEN_FORMS)
+    return match["v6"] or match["host"] or "0.0.0.0", int(match["port"])
+
+
+def check_url(value: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """Reject a URL without a scheme or host: ``modelarts.example.com`` would otherwise be taken
+    as a path and fail only at the first request."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)} and a host")
+    return value
+
+
+def _optional_url(value: str | None) -> str | None:
+    return check_url(value) if value else value
 
 
 class _Strict(BaseModel):
@@ -48,6 +86,8 @@ class AuthConfig(_Strict):
     password: SecretStr | None = None
     domain_name: str | None = Field(default=None, description="Account (domain) name for IAM login.")
     iam_endpoint: str | None = Field(default=None, description="Defaults to https://iam.{region}.myhuaweicloud.com")
+
+    _iam_url = field_validator("iam_endpoint")(_optional_url)
 
     @model_validator(mode="after")
     def _one_method(self) -> AuthConfig:
@@ -102,6 +142,8 @@ class ModelArtsConfig(_Strict):
     verify_tls: bool = True
     ca_file: str | None = None
 
+    _endpoint_url = field_validator("endpoint")(_optional_url)
+
     @model_validator(mode="after")
     def _where(self) -> ModelArtsConfig:
         if not self.endpoint and not self.region:
@@ -143,6 +185,14 @@ class ExporterConfig(_Strict):
     retry_initial_backoff: Duration = 0.5
     retry_max_backoff: Duration = 30.0
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str, info: ValidationInfo) -> str:
+        # gRPC takes a bare host:port as the Collector does; OTLP/HTTP needs a full URL.
+        if value and (info.data.get("protocol") == "http/protobuf" or "://" in value):
+            check_url(value)
+        return value
+
 
 class CheckpointConfig(_Strict):
     path: str = DEFAULT_CHECKPOINT_PATH
@@ -156,6 +206,13 @@ class TelemetryConfig(_Strict):
     listen: str = "0.0.0.0:8888"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value.strip():
+            parse_listen_address(value)
+        return value.strip()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -177,6 +234,29 @@ class Config(_Strict):
     resource: ResourceConfig = ResourceConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+
+
+def default_iam_endpoint(region: str) -> str:
+    return f"https://iam.{region}.myhuaweicloud.com"
+
+
+def iam_endpoint(auth: AuthConfig, region: str) -> str:
+    """The IAM endpoint a password login talks to; :class:`ConfigError` when there is none."""
+    endpoint = auth.iam_endpoint or (default_iam_endpoint(region) if region else "")
+    if not endpoint:
+        raise ConfigError([IAM_ENDPOINT_REQUIRED])
+    return endpoint
+
+
+def _cross_field_problems(config: Config) -> list[str]:
+    """Checks that span sections, so that ``validate`` rejects what start-up would."""
+    ma = config.modelarts
+    if ma.auth.method == "password":
+        try:
+            iam_endpoint(ma.auth, ma.region)
+        except ConfigError as exc:
+            return exc.problems
+    return []
 
 
 def substitute_env(value: Any, environ: Mapping[str, str]) -> Any:
@@ -294,6 +374,8 @@ def parse_config(
         config = Config.model_validate(raw)
     except ValidationError as err:
         problems.extend(_problems(err, Config))
+    else:
+        problems.extend(_cross_field_problems(config))
 
     validated_sources: dict[str, SourceConfig] = {}
     raw_sources = raw.get("sources") or {}

@@ -7,7 +7,7 @@
     │   └── ObsLinkExpired     a temporary OBS link answered 403: fetch a fresh one
     ├── ResponseFormatError    the API answered something it does not promise (endpoint, field)
     ├── CheckpointError        the checkpoint store cannot be opened, read or written
-    ├── PluginError            a plugin is broken or misused (says which, and what to do)
+    ├── PluginError            a plugin failed to import, raised in its hook or clashed with another
     └── ExportError            the collector refused a batch for good (not retried)
 
 Messages never carry secrets: no SK, token, signature or signed OBS URL.
@@ -82,16 +82,20 @@ class CheckpointError(ReceiverError):
     """The checkpoint store is unreadable, corrupt or not writable."""
 
 
-class ExportError(ReceiverError):
-    """The collector rejected a batch permanently (for example HTTP 400)."""
-
-
 class PluginError(ReceiverError):
-    """A plugin failed to load or register, or a source asked for something not configured.
+    """A plugin could not be loaded; the message says which one, why, and how to get rid of it.
 
-    ``hint`` says what the user can do about it.
+    ``plugin`` is the plugin's name (what ``MODELARTS_RECEIVER_BLOCK_PLUGINS`` takes) and
+    ``distribution`` the package that ships it, when known.
     """
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        self.hint = hint
-        super().__init__(f"{message} ({hint})" if hint else message)
+    def __init__(self, plugin: str, problem: str, distribution: str = "") -> None:
+        self.plugin = plugin
+        self.problem = problem
+        self.distribution = distribution
+        remedy = f"uninstall {distribution} or block it" if distribution else "block it"
+        super().__init__(f"plugin {plugin!r}: {problem}; {remedy} with MODELARTS_RECEIVER_BLOCK_PLUGINS={plugin}")
+
+
+class ExportError(ReceiverError):
+    """The collector rejected a batch permanently (for example HTTP 400)."""

@@ -1,8 +1,9 @@
 """Hook specifications: the contract between the receiver and its plugins.
 
 Built-in sources implement these hooks exactly as a third-party package does; a package exposes
-its plugin module through the ``collector_plugin`` entry point group. Every hook here is
-documented in README.md under "Plugin hooks" (a test checks it).
+its plugin module through the ``modelarts_otel_receiver.sources`` entry point group
+(``collector_plugin.plugins.ENTRY_POINT_GROUP``). Every hook here is documented in README.md
+under "Plugin hooks" and has a ``test_hook_<name>`` test (tests/test_docs.py checks both).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_sources(register: Callable[[type[Source]], None]) -> None:
     """Register source classes with the receiver.
 
-    Called once when the plugin manager is built. Call ``register(SourceClass)`` for each
-    source the plugin provides; the class's ``name`` is its key under ``sources:`` in the config.
+    Called once per plugin when the registry is built, built-in plugins first. Call
+    ``register(SourceClass)`` for each source the plugin provides; the class's ``name`` is its
+    key under ``sources:`` in the config. A plugin's sources are taken all or none: if the hook
+    raises or a name is refused, the plugin is reported as broken and none of its sources load.
 
-    :param register: Callable that takes a source class; raises ``ValueError`` when another
-        plugin already registered a source of that name.
+    :param register: Callable that takes a source class; raises ``ValueError`` when the class
+        has no ``name`` or another plugin already registered a source of that name.
     :returns: Nothing; results are ignored.
     """

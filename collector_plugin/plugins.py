@@ -1,19 +1,26 @@
 """The plugin manager: built-in sources, entry-point plugins, and a typed view of the hooks.
 
-The rest of the code never calls ``pm.hook`` directly; it asks :func:`load_sources` for the
-registry. ``MODELARTS_RECEIVER_BLOCK_PLUGINS`` (comma-separated plugin names) keeps named
-plugins from loading, built-in or not.
+The rest of the code never calls ``pm.hook`` directly; it asks :func:`load_catalog` (or
+:func:`load_sources`) for the registry. ``MODELARTS_RECEIVER_BLOCK_PLUGINS`` (comma-separated
+plugin names) keeps named plugins from loading, built-in or not.
+
+A broken third-party plugin (fails to import, raises in its hook, registers a source name that
+is taken) is set aside as a :class:`PluginError` instead of taking every command down with a
+traceback: ``sources`` lists the healthy ones and names the broken one, ``run`` and ``validate``
+stop with its one-line error.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pluggy
 
 from collector_plugin import hookspecs
+from collector_plugin.errors import PluginError
 from collector_plugin.source import Source
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -23,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "collector_plugin.sources.modelarts.service_updates",
 )
 BLOCK_ENV = "MODELARTS_RECEIVER_BLOCK_PLUGINS"
+ENTRY_POINT_GROUP = "modelarts_otel_receiver.sources"
 
 
 @dataclass(frozen=True)
@@ -35,20 +43,62 @@ class RegisteredSource:
     origin: str
 
 
-def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
+class ReceiverPluginManager(pluggy.PluginManager):
+    """A pluggy manager that also remembers the plugins it could not load."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.broken: list[PluginError] = []
+
+
+@dataclass(frozen=True)
+class SourceCatalog:
+    """Every source the healthy plugins registered, and the plugins that failed."""
+
+    sources: dict[str, RegisteredSource]
+    broken: list[PluginError] = field(default_factory=list)
+
+    def raise_if_broken(self) -> None:
+        if self.broken:
+            raise self.broken[0]
+
+
+def _blocked_names() -> set[str]:
+    return {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
+
+
+def _load_entry_point(pm: ReceiverPluginManager, ep: importlib.metadata.EntryPoint) -> None:
+    """Import and register one entry point; a failure is recorded, never raised."""
+    dist = ep.dist.name if ep.dist is not None else ""
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+        plugin = pm.get_plugin(ep.name)
+        if plugin is not None:
+            try:
+                pm.check_pending()
+            except pluggy.PluginValidationError:
+                pm.unregister(plugin)
+                raise
+    except Exception as exc:  # a third party's import or validation may fail in any way
+        pm.broken.append(PluginError(ep.name, f"cannot be loaded: {type(exc).__name__}: {exc}", dist))
+
+
+def get_plugin_manager(*, load_entry_points: bool = True) -> ReceiverPluginManager:
     """Build a plugin manager with the built-in plugins and, by default, installed ones."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm = ReceiverPluginManager()
     pm.add_hookspecs(hookspecs)
-    blocked = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
+    blocked = _blocked_names()
     for name in blocked:
         pm.set_blocked(name)
     for module_name in DEFAULT_PLUGINS:
         if module_name in blocked:
             continue
         pm.register(importlib.import_module(module_name), name=module_name)
-    if load_entry_points:
-        pm.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
     pm.check_pending()
+    if load_entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if not pm.is_blocked(ep.name) and pm.get_plugin(ep.name) is None:
+                _load_entry_point(pm, ep)
     return pm
 
 
@@ -60,20 +110,64 @@ def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
     return "builtin" if name in DEFAULT_PLUGINS else name
 
 
-def load_sources(pm: pluggy.PluginManager | None = None) -> dict[str, RegisteredSource]:
-    """Collect every registered source, keyed by its config name."""
+def _distribution(pm: pluggy.PluginManager, plugin: object) -> str:
+    return next((dist.project_name for loaded, dist in pm.list_plugin_distinfo() if loaded is plugin), "")
+
+
+def _sources_of(
+    pm: pluggy.PluginManager, plugin: object, taken: dict[str, RegisteredSource]
+) -> dict[str, RegisteredSource]:
+    """Call ``register_sources`` of one plugin (through the hook); raise PluginError on trouble.
+
+    A plugin's sources are accepted all or none, so a half-registered plugin never runs.
+    """
+    name = pm.get_name(plugin) or repr(plugin)
+    origin = _origin(pm, plugin)
+    mine: dict[str, RegisteredSource] = {}
+    problems: list[str] = []
+
+    def register(cls: type[Source]) -> None:
+        source_name = getattr(cls, "name", None)
+        if not isinstance(source_name, str) or not source_name:
+            problems.append(f"source class {cls!r} has no 'name'")
+        elif source_name in taken or source_name in mine:
+            owner = taken[source_name].plugin if source_name in taken else name
+            problems.append(f"source {source_name!r} is already registered by {owner}")
+        else:
+            mine[source_name] = RegisteredSource(source_name, cls, name, origin)
+            return
+        raise ValueError(f"plugin {name}: {problems[-1]}")
+
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    caller = pm.subset_hook_caller("register_sources", remove_plugins=others)
+    try:
+        caller(register=register)
+    except Exception as exc:  # a plugin's hook may fail in any way; it must not sink the rest
+        if not problems:
+            problems.append(f"register_sources raised {type(exc).__name__}: {exc}")
+    if problems:
+        raise PluginError(name, problems[0], _distribution(pm, plugin))
+    return mine
+
+
+def load_catalog(pm: pluggy.PluginManager | None = None) -> SourceCatalog:
+    """Every source registered by a healthy plugin, keyed by its config name, plus the failures.
+
+    Plugins are asked in registration order (built-ins first), so a clash names the newcomer.
+    """
     pm = pm or get_plugin_manager()
+    broken = list(pm.broken) if isinstance(pm, ReceiverPluginManager) else []
     registry: dict[str, RegisteredSource] = {}
     for impl in pm.hook.register_sources.get_hookimpls():
-        plugin_name = impl.plugin_name
+        try:
+            registry.update(_sources_of(pm, impl.plugin, registry))
+        except PluginError as err:
+            broken.append(err)
+    return SourceCatalog(dict(sorted(registry.items())), broken)
 
-        def register(cls: type[Source], _plugin: object = impl.plugin, _name: str = plugin_name) -> None:
-            name = getattr(cls, "name", None)
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"plugin {_name}: source class {cls!r} has no 'name'")
-            if name in registry:
-                raise ValueError(f"plugin {_name}: source {name!r} is already registered by {registry[name].plugin}")
-            registry[name] = RegisteredSource(name, cls, _name, _origin(pm, _plugin))
 
-        impl.function(register=register)
-    return dict(sorted(registry.items()))
+def load_sources(pm: pluggy.PluginManager | None = None) -> dict[str, RegisteredSource]:
+    """The registry of sources; raise :class:`PluginError` when any plugin is broken."""
+    catalog = load_catalog(pm)
+    catalog.raise_if_broken()
+    return catalog.sources

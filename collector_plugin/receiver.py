@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from collector_plugin import __version__
@@ -16,13 +16,13 @@ from collector_plugin.auth import make_auth
 from collector_plugin.backoff import Backoff
 from collector_plugin.checkpoint import CheckpointStore
 from collector_plugin.config import Config
-from collector_plugin.export import Pipeline, Transport, build_pipeline
+from collector_plugin.errors import ReceiverError
+from collector_plugin.export import Pipeline, Transport, build_pipeline, make_transport
 from collector_plugin.http import ApiClient, HttpClients
 from collector_plugin.logs import register_secret
-from collector_plugin.mapping import resource_attributes
 from collector_plugin.plugins import RegisteredSource
-from collector_plugin.records import Attributes
 from collector_plugin.scheduler import Scheduler, SourceRuntime
+from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import CONNECTION as MODELARTS
 from collector_plugin.sources.modelarts.client import RETRYABLE_CODES
@@ -55,7 +55,12 @@ class Receiver:
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until ``stop``; return True when everything held was delivered and committed."""
         if self.telemetry is not None:
-            self.telemetry.start()
+            try:
+                self.telemetry.start()
+            except ReceiverError:  # e.g. the port is taken: release what build_receiver opened
+                await self.http.aclose()
+                self.store.close()
+                raise
         await self.pipeline.start()
         self.started = True
         log.info(
@@ -73,23 +78,6 @@ class Receiver:
                 self.telemetry.stop()
             log.info("receiver stopped", extra={"flushed": clean})
         return clean
-
-
-def _resource_for(config: Config, environ: Mapping[str, str]) -> Callable[[str], Attributes]:
-    def resource_for(service: str) -> Attributes:
-        return resource_attributes(
-            {
-                "service.name": service,
-                "cloud.provider": "huawei_cloud",
-                "cloud.platform": "huawei_cloud_modelarts",
-                "cloud.region": config.modelarts.region,
-                "modelarts.project.id": config.modelarts.project_id,
-            },
-            configured=config.resource.attributes,
-            environ=environ,
-        )
-
-    return resource_for
 
 
 def register_secrets(config: Config) -> None:
@@ -131,26 +119,21 @@ def build_connections(config: Config, http: HttpClients) -> dict[str, Connection
 
 
 def source_context(
-    name: str,
-    config: Config,
-    http: HttpClients,
-    connections: Mapping[str, Connection],
-    metrics: Metrics,
-    environ: Mapping[str, str],
+    name: str, settings: Settings, http: HttpClients, connections: Mapping[str, Connection], metrics: Metrics
 ) -> SourceContext:
     """What one source gets: connections, the client factory, its resource and counters."""
     return SourceContext(
         source=name,
         connections=connections,
         http_client=http,
-        resource=lambda attrs: resource_attributes(attrs, configured=config.resource.attributes, environ=environ),
+        resource=settings.resource.resource,
         logger=logging.getLogger(f"collector_plugin.sources.{name}"),
         metrics=SourceCounters(metrics, name),
     )
 
 
 def build_receiver(
-    config: Config,
+    config: Config | Settings,
     registry: Mapping[str, RegisteredSource],
     *,
     environ: Mapping[str, str] | None = None,
@@ -159,30 +142,32 @@ def build_receiver(
     telemetry: bool = True,
     jitter: bool = True,
 ) -> Receiver:
-    """Wire a receiver from a validated config. ``transport`` replaces the OTLP transport (tests)."""
-    environ = os.environ if environ is None else environ
+    """Wire a receiver from resolved settings (or a validated config, resolved against ``environ``).
+
+    ``transport`` replaces the OTLP transport (tests).
+    """
+    settings = config if isinstance(config, Settings) else resolve(config, os.environ if environ is None else environ)
+    config = settings.config
     register_secrets(config)
     metrics = Metrics()
     http = build_http(config, metrics, transport=api_transport)
     connections = build_connections(config, http)
-    store = CheckpointStore.open(config.checkpoint.path)
+    store = CheckpointStore.open(settings.checkpoint_path)
     pipeline = build_pipeline(
         config.exporter,
         store,
-        _resource_for(config, environ),
+        settings.resource_for,
         metrics,
-        environ,
+        {},  # only read when transport is None, and it is not: settings.exporter is resolved
         scope_version=__version__,
-        transport=transport,
+        transport=transport or make_transport(settings.exporter),
     )
     runtimes = [
-        SourceRuntime(
-            name, registry[name].cls(cfg, source_context(name, config, http, connections, metrics, environ)), cfg
-        )
+        SourceRuntime(name, registry[name].cls(cfg, source_context(name, settings, http, connections, metrics)), cfg)
         for name, cfg in config.sources.items()
     ]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
     receiver = Receiver(config, http, store, pipeline, scheduler, metrics)
-    if telemetry and config.telemetry.listen:
-        receiver.telemetry = TelemetryServer(config.telemetry.listen, metrics, receiver.ready)
+    if telemetry and settings.telemetry.listen:
+        receiver.telemetry = TelemetryServer(settings.telemetry.listen, metrics, receiver.ready)
     return receiver

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector_plugin.durations import Duration
-from collector_plugin.errors import PluginError
+from collector_plugin.errors import ConfigError
 from collector_plugin.records import Attributes, AttrValue, Span
 
 if TYPE_CHECKING:
@@ -171,9 +171,8 @@ class SourceContext:
         try:
             return self.connections[name]
         except KeyError:
-            raise PluginError(
-                f"source {self.source or '?'} needs the {name!r} connection, which is not configured",
-                hint=f"add a top-level '{name}:' section to the config",
+            raise ConfigError(
+                [f"{name}: required by source {self.source or '?'} (add a top-level '{name}:' section)"]
             ) from None
 
 

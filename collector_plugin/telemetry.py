@@ -24,6 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from collector_plugin.errors import ReceiverError
 from collector_plugin.logs import redact
 
 PREFIX = "modelarts_receiver_"
@@ -185,7 +186,11 @@ class TelemetryServer:
         server_cls: type[_Server] = _Server
         if ":" in host:
             server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-        self._server = server_cls((host, port), self._handler_class())
+        try:
+            self._server = server_cls((host, port), self._handler_class())
+        except OSError as exc:  # port taken, address not on this host, no permission
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ReceiverError(f"telemetry.listen: cannot listen on {shown}: {exc.strerror or exc}") from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             name="telemetry-http",

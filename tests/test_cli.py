@@ -101,3 +101,28 @@ def test_tail_prints_a_task_log_like_kubectl_logs(tmp_path: Path) -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert "other task" in proc.stdout and "Training job is running." in proc.stdout
+
+
+def test_telemetry_port_in_use_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "modelarts": {"endpoint": "http://127.0.0.1:9", "project_id": "p", "auth": {"token": "t"}},
+                    "exporter": {"endpoint": "http://127.0.0.1:9"},
+                    "checkpoint": {"path": str(tmp_path / "cp.db")},
+                    "telemetry": {"listen": f"127.0.0.1:{port}", "log_level": "error"},
+                }
+            )
+        )
+        proc = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: telemetry.listen: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in line

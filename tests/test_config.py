@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from collector_plugin.cli import main
-from collector_plugin.config import load_config, parse_config, substitute_env
+from collector_plugin.cli import main, prepare_run
+from collector_plugin.config import load_config, parse_config, parse_listen_address, substitute_env
 from collector_plugin.durations import parse_duration
 from collector_plugin.errors import ConfigError
 from collector_plugin.plugins import load_sources
+from collector_plugin.settings import load_settings, resolve
+from collector_plugin.telemetry import parse_listen
 
 DATA = Path(__file__).parent / "testdata"
 REGISTRY = load_sources()
@@ -169,3 +173,122 @@ def test_validate_command_as_installed_script() -> None:
     assert proc.returncode == 1
     assert "use one authentication method" in proc.stderr
     assert "SUPERSECRET" not in proc.stderr + proc.stdout
+
+
+# --- validate rejects what start-up rejects ----------------------------------------------------
+
+# Environment a case needs besides ENV; TEST_CHECKPOINT_DIR is always a fresh temporary directory.
+CASE_ENV = {
+    "invalid_environment.yaml": {"OTEL_EXPORTER_OTLP_PROTOCOL": "kafka"},
+    "invalid_environment_endpoint.yaml": {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.example.com:4318"},
+}
+# Cases of the bugs fixed here: each problem that used to pass validate and fail at start-up.
+EXPECTED = {
+    "invalid_password_without_region.yaml": [
+        "modelarts.auth.iam_endpoint: required for password login when modelarts.region is not set"
+    ],
+    "invalid_listen_without_port.yaml": [
+        'telemetry.listen: expected host:port with a port 0-65535 (e.g. 0.0.0.0:8888, [::1]:9464), or "" to turn it off'
+    ],
+    "invalid_endpoint_without_scheme.yaml": [
+        "modelarts.endpoint: expected a URL starting with http:// or https:// and a host",
+        "modelarts.auth.iam_endpoint: expected a URL starting with http:// or https:// and a host",
+        "exporter.endpoint: expected a URL starting with http:// or https:// and a host",
+    ],
+    "invalid_environment.yaml": ["OTEL_EXPORTER_OTLP_PROTOCOL: 'kafka' is not supported (grpc, http/protobuf)"],
+    "invalid_environment_endpoint.yaml": [
+        "exporter.endpoint (or OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT): expected a URL starting with http:// or https://"
+        " and a host"
+    ],
+    "invalid_checkpoint_is_a_directory.yaml": ["checkpoint.path: '{tmp}' is a directory: point it at a file inside it"],
+    "invalid_missing_ca_file.yaml": [
+        "modelarts.ca_file: cannot read '/nonexistent/modelarts-ca.pem' (No such file or directory)",
+        "exporter.tls.ca_file (or OTEL_EXPORTER_OTLP_CERTIFICATE): cannot read '/nonexistent/collector-ca.pem'"
+        " (No such file or directory)",
+    ],
+}
+BAD_CONFIGS = sorted(p.name for p in DATA.glob("invalid_*.yaml"))
+
+
+@pytest.mark.parametrize("name", BAD_CONFIGS)
+def test_validate_rejects_what_startup_rejects_with_the_same_message(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {**ENV, "TEST_CHECKPOINT_DIR": str(tmp_path), **CASE_ENV.get(name, {})}
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    with pytest.raises(ConfigError) as startup:
+        prepare_run(str(DATA / name), env)
+    if name in EXPECTED:
+        assert startup.value.problems == [p.format(tmp=tmp_path) for p in EXPECTED[name]]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["validate", "--config", str(DATA / name)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"error: {startup.value.source}: invalid config",
+        *(f"  {problem}" for problem in startup.value.problems),
+    ]
+    assert "SUPERSECRET" not in captured.err
+
+
+def test_settings_are_resolved_once_and_frozen(tmp_path: Path) -> None:
+    env = {**ENV, "TEST_CHECKPOINT_DIR": str(tmp_path), "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod"}
+    settings = load_settings(DATA / "valid_full.yaml", REGISTRY, env)
+    assert settings.exporter.endpoint == "http://localhost:4317"
+    assert settings.checkpoint_path == str(tmp_path / "checkpoints.db")
+    assert settings.auth.method == "aksk" and settings.auth.iam_endpoint == ""
+    assert settings.telemetry.address == ("0.0.0.0", 8888)
+    resource = settings.resource_for("modelarts-training").as_dict()
+    assert resource["deployment.environment"] == "prod"
+    assert resource["cloud.region"] == "cn-north-4"
+    env["OTEL_RESOURCE_ATTRIBUTES"] = "deployment.environment=changed"
+    assert settings.resource_for("x").as_dict()["deployment.environment"] == "prod"
+    with pytest.raises(AttributeError):
+        settings.checkpoint_path = "/elsewhere"  # type: ignore[misc]
+
+
+def test_password_login_resolves_the_regional_iam_endpoint() -> None:
+    auth = {"username": "u", "password": "pw", "domain_name": "acme"}
+    raw = {"modelarts": {"region": "cn-north-4", "project_id": "p", "auth": auth}}
+    settings = resolve(parse_config(raw, REGISTRY, environ={}), {})
+    assert settings.auth.iam_endpoint == "https://iam.cn-north-4.myhuaweicloud.com"
+
+
+def test_empty_listen_turns_telemetry_off() -> None:
+    raw = {"modelarts": {"region": "r", "project_id": "p", "auth": {"token": "t"}}, "telemetry": {"listen": ""}}
+    assert parse_config(raw, REGISTRY, environ={}).telemetry.listen == ""
+
+
+_HOSTS = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True),
+    st.just(""),
+)
+
+
+@given(host=_HOSTS, port=st.integers(min_value=0, max_value=65535))
+def test_listen_addresses_in_range_are_accepted_as_telemetry_reads_them(host: str, port: int) -> None:
+    listen = f"{host}:{port}"
+    assert parse_listen_address(listen) == parse_listen(listen)
+
+
+@given(host=_HOSTS, port=st.integers(min_value=65536, max_value=10**6))
+def test_listen_ports_out_of_range_are_rejected(host: str, port: int) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen_address(f"{host}:{port}")
+
+
+@given(st.text(max_size=30))
+def test_listen_without_a_numeric_port_is_rejected(text: str) -> None:
+    assume(not re.search(r":[0-9]{1,5}\s*$", text))
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen_address(text)
+
+
+@pytest.mark.parametrize("listen", ["::1:9464", "[::1]", "localhost", "127.0.0.1:abc", "host:", "a b:80"])
+def test_listen_examples_rejected(listen: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen_address(listen)

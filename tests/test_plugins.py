@@ -1,10 +1,9 @@
-"""Plugins: a third-party package installed for real, inline plugins, blocking, hook docs."""
+"""Plugins: a third-party package installed for real, inline plugins, blocking, broken plugins."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import json
 import re
 import shutil
@@ -18,11 +17,18 @@ import httpx
 import pluggy
 import pytest
 
-from collector_plugin import hookspecs
+from collector_plugin.cli import main
 from collector_plugin.config import parse_config
-from collector_plugin.errors import ConfigError
+from collector_plugin.errors import ConfigError, PluginError
 from collector_plugin.hookspecs import hookimpl
-from collector_plugin.plugins import BLOCK_ENV, DEFAULT_PLUGINS, get_plugin_manager, load_sources
+from collector_plugin.plugins import (
+    BLOCK_ENV,
+    DEFAULT_PLUGINS,
+    ENTRY_POINT_GROUP,
+    get_plugin_manager,
+    load_catalog,
+    load_sources,
+)
 from collector_plugin.source import Source, SourceConfig, SourceContext
 from collector_plugin.testing import source_context
 
@@ -171,7 +177,9 @@ class _InlinePlugin:
         register(self.cls)
 
 
-def test_inline_plugin_registers_and_unregisters() -> None:
+def test_hook_register_sources() -> None:
+    """An inline plugin's ``register_sources`` is called through the hook and its source lands in
+    the registry under its name, attributed to the plugin; unregistering removes it."""
     pm = get_plugin_manager(load_entry_points=False)
     plugin = _InlinePlugin(_InlineSource)
     pm.register(plugin, name="inline")
@@ -188,32 +196,66 @@ def test_inline_plugin_registers_and_unregisters() -> None:
     assert "inline_source" not in load_sources(pm)
 
 
-def test_duplicate_source_names_are_rejected() -> None:
-    class Clash(_InlineSource):
-        name: ClassVar[str] = "training_job_events"
+class _Clash(_InlineSource):
+    name: ClassVar[str] = "training_job_events"
 
+
+class _Nameless:
+    pass
+
+
+class _RaisingPlugin:
+    @hookimpl
+    def register_sources(self, register: Callable[[type[Source]], None]) -> None:
+        register(_InlineSource)
+        raise RuntimeError("boom in the hook")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "problem"),
+    [
+        (
+            _InlinePlugin(_Clash),
+            "source 'training_job_events' is already registered by collector_plugin.sources.modelarts.events.source",
+        ),
+        (_InlinePlugin(_Nameless), "has no 'name'"),
+        (_RaisingPlugin(), "register_sources raised RuntimeError: boom in the hook"),
+    ],
+    ids=["clash", "nameless", "raises"],
+)
+def test_a_broken_plugin_is_set_aside_and_named(plugin: object, problem: str) -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    plugin = _InlinePlugin(Clash)
-    pm.register(plugin, name="clash")
+    healthy = set(load_sources(pm))
+    pm.register(plugin, name="broken")
     try:
-        with pytest.raises(ValueError, match="'training_job_events' is already registered by"):
+        catalog = load_catalog(pm)
+        assert set(catalog.sources) == healthy  # nothing of the broken plugin, all of the rest
+        assert all(reg.plugin != "broken" for reg in catalog.sources.values())
+        (err,) = catalog.broken
+        assert err.plugin == "broken" and problem in err.problem
+        assert str(err).endswith("block it with MODELARTS_RECEIVER_BLOCK_PLUGINS=broken")
+        with pytest.raises(PluginError, match=re.escape(problem)):
             load_sources(pm)
     finally:
         pm.unregister(plugin)
 
 
-def test_a_source_without_a_name_is_rejected() -> None:
-    class Nameless:
-        pass
+def test_register_refuses_a_taken_name_with_value_error() -> None:
+    """The hook spec promises ``register`` raises ValueError on a clash; a plugin may rely on it."""
+    seen: list[BaseException] = []
+
+    class Careful:
+        @hookimpl
+        def register_sources(self, register: Callable[[type[Source]], None]) -> None:
+            try:
+                register(_Clash)
+            except ValueError as exc:
+                seen.append(exc)
 
     pm = get_plugin_manager(load_entry_points=False)
-    plugin = _InlinePlugin(Nameless)
-    pm.register(plugin, name="nameless")
-    try:
-        with pytest.raises(ValueError, match="has no 'name'"):
-            load_sources(pm)
-    finally:
-        pm.unregister(plugin)
+    pm.register(Careful(), name="careful")
+    assert [e.plugin for e in load_catalog(pm).broken] == ["careful"]
+    assert len(seen) == 1 and "already registered" in str(seen[0])
 
 
 def test_an_implementation_matching_no_hook_is_caught() -> None:
@@ -236,26 +278,89 @@ def test_builtin_sources_are_plugins_like_any_other() -> None:
     assert all(r.origin == "builtin" for r in registry.values())
 
 
-def _hookspecs() -> list[Callable[..., Any]]:
-    marker = f"{hookspecs.PROJECT_NAME}_spec"
-    return [fn for _, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, marker)]
+# --- broken installed plugins: every command stays a one-line error ----------------------------
+
+_BROKEN_MODULES = {
+    "import": ("raise ImportError('needs libbroken')\n", "cannot be loaded: ImportError: needs libbroken"),
+    "hook": (
+        "from collector_plugin.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef register_sources(register):\n    raise RuntimeError('hook exploded')\n",
+        "register_sources raised RuntimeError: hook exploded",
+    ),
+    "clash": (
+        "from collector_plugin.hookspecs import hookimpl\n\n"
+        "class Copy:\n    name = 'training_job_events'\n\n"
+        "@hookimpl\ndef register_sources(register):\n    register(Copy)\n",
+        "source 'training_job_events' is already registered by collector_plugin.sources.modelarts.events.source",
+    ),
+}
 
 
-def test_every_hook_is_documented_in_the_readme() -> None:
-    """README.md has a ``### name(arg, ...)`` heading per hook, arguments as in hookspecs.py."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    headings = set(re.findall(r"^### (\w+\([^)]*\))\s*$", readme, flags=re.MULTILINE))
-    specs = _hookspecs()
-    assert specs
-    for fn in specs:
-        heading = f"{fn.__name__}({', '.join(inspect.signature(fn).parameters)})"
-        assert heading in headings, f"README.md lacks the heading '### {heading}'"
+@pytest.fixture(params=sorted(_BROKEN_MODULES))
+def broken_plugin(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A plugin distribution on sys.path (a module plus a .dist-info naming it in our entry-point
+    group: what pip would leave behind); yields the one error line every command must print."""
+    kind = request.param
+    code, problem = _BROKEN_MODULES[kind]
+    module, dist = f"broken_{kind}_plugin", f"broken-{kind}"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / f"{module}.py").write_text(code, encoding="utf-8")
+    info = site / f"broken_{kind}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{module} = {module}\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    yield f"error: plugin '{module}': {problem}; uninstall {dist} or block it with {BLOCK_ENV}={module}"
+    sys.modules.pop(module, None)
 
 
-def test_every_hook_docstring_documents_its_parameters() -> None:
-    for fn in _hookspecs():
-        doc = inspect.getdoc(fn) or ""
-        assert doc.splitlines()[0], fn.__name__
-        for param in inspect.signature(fn).parameters:
-            assert f":param {param}:" in doc, f"{fn.__name__}: no ':param {param}:'"
-        assert ":returns:" in doc, fn.__name__
+def _valid_config(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "modelarts: {region: r, project_id: p, auth: {token: t}}\n"
+        f"checkpoint: {{path: {tmp_path / 'cp.db'}}}\n"
+        "telemetry: {listen: ''}\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def test_sources_lists_healthy_plugins_and_names_the_broken_one(
+    broken_plugin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sources"]) == 1
+    out, err = capsys.readouterr()
+    listed = {line.split()[0] for line in out.splitlines()}
+    assert {"training_task_logs", "training_job_logs_v1", "training_job_events", "service_update_logs"} <= listed
+    assert err.splitlines() == [broken_plugin]
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_run_and_validate_stop_with_one_line(
+    command: str, broken_plugin: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--config", _valid_config(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err.splitlines()) == ("", [broken_plugin])
+
+
+def test_blocking_the_broken_plugin_as_the_hint_says_recovers(
+    broken_plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(BLOCK_ENV, broken_plugin.rsplit("=", 1)[1])
+    assert main(["validate", "--config", _valid_config(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_broken_plugin_is_no_traceback_in_a_real_process(broken_plugin: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector_plugin.cli", "run", "--config", _valid_config(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr.splitlines()) == (1, [broken_plugin])
