@@ -14,8 +14,8 @@ the configured ``rate_limit`` is only a ceiling; the real rate is learned:
   every admission. Throttles in a row (no success between) add a doubling pause.
 * **Order** (:class:`AdmissionQueue`): NEW (never polled) before NEWS (likely news) before IDLE
   (longest since its last poll first), by aging: a waiter enqueued at ``t`` ranks at
-  ``t + delay(class)`` with delay 0 for NEW, ``aging`` for NEWS and ``3*aging - min(idle, aging)``
-  for IDLE, earliest rank first. **Bound**: a waiter is admitted before every waiter enqueued more
+  ``t + delay(class)`` with delay 0 for NEW, ``aging`` for NEWS and, for IDLE,
+  ``aging * (3 - min(idle, idle_span) / idle_span)``; earliest rank first. **Bound**: a waiter is admitted before every waiter enqueued more
   than ``3*aging`` seconds after it; so, without throttling, it waits at most
   ``3*aging + Q / rate`` seconds, ``Q`` being the most waiters queued meanwhile (one per target).
 * :class:`BudgetCore` joins both as a pure state machine (the caller passes ``now``), which the
@@ -34,8 +34,7 @@ import itertools
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -44,15 +43,36 @@ if TYPE_CHECKING:
     from collector_plugin.telemetry import Metrics
 
 THROTTLE_CODES = frozenset({"APIG.0308", "ModelArts.6101"})
-DEFAULT_AGING = 5.0
-DEFAULT_INCREASE = 0.1
-DEFAULT_DECREASE = 0.7
-DEFAULT_LIMIT_TTL = 600.0
-DEFAULT_MAX_PAUSE = 300.0
 _EPS = 1e-6  # tokens; absorbs float error so a wake-up at the computed instant admits
 
 _UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _LIMIT_RE = re.compile(r"limit\s*[:=]\s*(\d+)\s*,\s*time\s*[:=]\s*(\d*)\s*(second|minute|hour|day)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How the budget learns and orders; the defaults suit ModelArts' gateway."""
+
+    aging: float = 5.0  # seconds between classes: the wait bound is 3 * aging (+ queue / rate)
+    idle_span: float = 600.0  # IDLE waiters idle this long or longer rank first among IDLE
+    increase: float = 0.1  # calls/s added per second of rate-limited success
+    decrease: float = 0.7  # factor applied to the rate once per congestion episode
+    limit_ttl: float = 600.0  # seconds a limit named by the gateway caps the rate without renewal
+    max_pause: float = 300.0  # longest pause honoured from Retry-After or throttles in a row
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"budget.{name} must be > 0, got {getattr(self, name)!r}"
+            for name in _POSITIVE
+            if not getattr(self, name) > 0
+        ]
+        if not 0 < self.decrease < 1:
+            problems.append(f"budget.decrease must lie in (0, 1), got {self.decrease!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+_POSITIVE = ("aging", "idle_span", "increase", "limit_ttl", "max_pause")
 
 
 class Priority(IntEnum):
@@ -125,10 +145,8 @@ class _Waiter:
 class AdmissionQueue:
     """Waiters by class with aging (see the module docstring for the order and its bound)."""
 
-    def __init__(self, aging: float = DEFAULT_AGING) -> None:
-        if not aging > 0:
-            raise ValueError(f"budget aging must be > 0 seconds, got {aging!r}")
-        self.aging = aging
+    def __init__(self, aging: float = Tuning.aging, idle_span: float = Tuning.idle_span) -> None:
+        self.aging, self.idle_span = aging, idle_span
         self._heap: list[_Waiter] = []
         self._order = itertools.count()
         self.counts = dict.fromkeys(Priority, 0)
@@ -143,8 +161,8 @@ class AdmissionQueue:
             return now
         if priority is Priority.NEWS:
             return now + self.aging
-        idle = min(max(since_last_poll or 0.0, 0.0), self.aging)
-        return now + 3 * self.aging - idle
+        idle = min(max(since_last_poll or 0.0, 0.0), self.idle_span)
+        return now + self.aging * (3 - idle / self.idle_span)
 
     def push(self, key: str, priority: Priority, now: float, since_last_poll: float | None = None) -> _Waiter:
         waiter = _Waiter(self.rank(priority, now, since_last_poll), next(self._order), key, priority, now)
@@ -174,28 +192,16 @@ class AdmissionQueue:
 class RateController:
     """The learned token bucket: AIMD under a ceiling, named limits, Retry-After pauses."""
 
-    def __init__(
-        self,
-        ceiling: float,
-        burst: int,
-        now: float,
-        *,
-        increase: float = DEFAULT_INCREASE,
-        decrease: float = DEFAULT_DECREASE,
-        limit_ttl: float = DEFAULT_LIMIT_TTL,
-        max_pause: float = DEFAULT_MAX_PAUSE,
-    ) -> None:
+    def __init__(self, ceiling: float, burst: int, now: float, tuning: Tuning = Tuning()) -> None:
         if not ceiling > 0 or not math.isfinite(ceiling):
             raise ValueError(f"budget rate_limit must be a positive number of calls/s, got {ceiling!r}")
         if burst < 1:
             raise ValueError(f"budget burst must be >= 1, got {burst!r}")
-        if not 0 < decrease < 1:
-            raise ValueError(f"budget decrease factor must lie in (0, 1), got {decrease!r}")
         self.ceiling = float(ceiling)
         self.max_burst = burst
         self.min_rate = min(self.ceiling, 0.1)
-        self.increase, self.decrease = increase, decrease
-        self.limit_ttl, self.max_pause = limit_ttl, max_pause
+        self.increase, self.decrease = tuning.increase, tuning.decrease
+        self.limit_ttl, self.max_pause = tuning.limit_ttl, tuning.max_pause
         self.rate = self.ceiling
         self.limits: dict[float, tuple[Limit, float]] = {}  # window -> (limit, last seen)
         self.paused_until = now
@@ -227,7 +233,7 @@ class RateController:
             self._last = now
 
     def try_take(self, now: float) -> tuple[int, bool] | None:
-        """Take a token if one is there: (admission seq, whether the bucket was empty before)."""
+        """Take a token if one is there: (admission seq, whether it was the last one)."""
         if now < self.paused_until:
             return None
         self._refill(now)
@@ -266,12 +272,13 @@ class RateController:
         self._streak += 1
         self._refill(now)
         cap = self.cap(now)
-        self.rate = max(self.min_rate, min(cap, self.rate * self.decrease) if self.rate <= cap else cap)
+        cut = min(cap, self.rate * self.decrease) if self.rate <= cap else cap
+        self.rate = max(min(self.min_rate, cap), cut)
         self._tokens = 0.0
         self._last = max(self._last, now)
         self._episode_seq = self._admitted
         if self._streak > 1:
-            window = max([1.0] + [w for w in self.limits])
+            window = max([1.0, *self.limits])
             self._pause(now, min(2.0 ** (self._streak - 2), window, self.max_pause))
 
     def _pause(self, now: float, seconds: float) -> None:
@@ -296,11 +303,9 @@ class Snapshot:
 class BudgetCore:
     """Queue and rate controller as a pure state machine: every method takes ``now``."""
 
-    def __init__(
-        self, rate_limit: float, burst: int, now: float, *, aging: float = DEFAULT_AGING, **rate: float
-    ) -> None:
-        self.queue = AdmissionQueue(aging)
-        self.control = RateController(rate_limit, burst, now, **rate)
+    def __init__(self, rate_limit: float, burst: int, now: float, tuning: Tuning = Tuning()) -> None:
+        self.queue = AdmissionQueue(tuning.aging, tuning.idle_span)
+        self.control = RateController(rate_limit, burst, now, tuning)
 
     def enqueue(self, key: str, priority: Priority, now: float, since_last_poll: float | None = None) -> _Waiter:
         return self.queue.push(key, Priority(priority), now, since_last_poll)
@@ -361,8 +366,8 @@ class Budget:
 
     ``clock`` and ``sleep`` are injectable so tests run on virtual time. Use::
 
-        async with budget.admit(Priority.NEWS, key) as permit:
-            response = await send()
+        permit = await budget.acquire(Priority.NEWS, key, since_last_poll=idle)
+        response = await send()
         if budget.observe(permit, response.status_code, code, msg, retry_after):
             ...  # throttled: acquire again and retry; not a failure of the target
     """
@@ -376,12 +381,11 @@ class Budget:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        aging: float = DEFAULT_AGING,
-        **rate: float,
+        tuning: Tuning = Tuning(),
     ) -> None:
         self.name = name
         self._clock, self._sleep = clock, sleep
-        self._core = BudgetCore(rate_limit, burst, clock(), aging=aging, **rate)
+        self._core = BudgetCore(rate_limit, burst, clock(), tuning)
         self._metrics = metrics
         self._futures: dict[int, asyncio.Future[Permit]] = {}
         self._wake = asyncio.Event()
@@ -410,13 +414,6 @@ class Budget:
             self._publish()
             self._wake.set()
             raise
-
-    @asynccontextmanager
-    async def admit(
-        self, priority: Priority, key: str, *, since_last_poll: float | None = None
-    ) -> AsyncIterator[Permit]:
-        """``acquire`` as a context manager (the permit is the call's; observe it afterwards)."""
-        yield await self.acquire(priority, key, since_last_poll=since_last_poll)
 
     def observe(
         self,
@@ -497,6 +494,7 @@ __all__ = [
     "Priority",
     "RateController",
     "Snapshot",
+    "Tuning",
     "is_throttle",
     "parse_limit",
 ]
