@@ -10,7 +10,9 @@ import asyncio
 import itertools
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -92,17 +94,19 @@ def admit_one(core: BudgetCore, now: float, key: str = "a") -> Permit:
 
 
 @pytest.mark.parametrize(
-    ("gateway", "capacity"),
+    ("limits", "capacity"),
     [
-        (Gateway(per_second=8), 8.0),
-        (Gateway(per_second=8, per_minute=300), 5.0),
-        (Gateway(per_second=3, per_minute=150), 2.5),
-        (Gateway(per_second=8, error_code="ModelArts.6101", names_limit=False), 8.0),
-        (Gateway(per_second=4, names_limit=False), 4.0),
+        ({"per_second": 8}, 8.0),
+        ({"per_second": 8, "per_minute": 300}, 5.0),
+        ({"per_second": 3, "per_minute": 150}, 2.5),
+        ({"per_second": 8, "error_code": "ModelArts.6101", "names_limit": False}, 8.0),
+        ({"per_second": 4, "names_limit": False}, 4.0),
     ],
     ids=["8/s named", "8/s+300/min named", "3/s+150/min named", "8/s unnamed 6101", "4/s unnamed 429"],
 )
-def test_learned_rate_converges_to_the_gateway_limit(gateway: Gateway, capacity: float) -> None:
+def test_learned_rate_converges_to_the_gateway_limit(limits: dict[str, Any], capacity: float) -> None:
+    """Ceiling 20/s, burst 40 (today's defaults) against a lower gateway limit, 30 busy targets."""
+    gateway = Gateway(**limits)
     core = BudgetCore(20, 40, 0.0)
     run = saturate(core, gateway, 0, 1800)
     accepted, refused = run.window(300, 1800)  # after convergence, across named limits expiring
@@ -247,11 +251,10 @@ class Admission:
 def run_arrivals(
     core: BudgetCore,
     arrivals: list[tuple[float, Priority, float]],
-    answer: object = None,
+    answer: Callable[[Permit], tuple[int, str, str]] | None = None,
 ) -> tuple[list[Admission], int]:
     """Feed waiters at their arrival times; return admissions in order and the longest queue."""
     pending = sorted((t, i, p, idle) for i, (t, p, idle) in enumerate(arrivals))
-    enqueued: dict[str, float] = {}
     admissions: list[Admission] = []
     longest = 0
     now = 0.0
@@ -259,14 +262,10 @@ def run_arrivals(
         while pending and pending[0][0] <= now:
             t, i, priority, idle = pending.pop(0)
             core.enqueue(f"t{i}", priority, t, since_last_poll=idle)
-            enqueued[f"t{i}"] = t
         longest = max(longest, len(core.queue))
         for waiter, permit in core.admit_due(now):
-            admissions.append(Admission(waiter.key, waiter.priority, enqueued[waiter.key], now))
-            if callable(answer):
-                core.observe(permit, now, *answer(permit))
-            else:
-                core.observe(permit, now, 200)
+            admissions.append(Admission(waiter.key, waiter.priority, waiter.enqueued_at, now))
+            core.observe(permit, now, *(answer(permit) if answer else (200, "", "")))
         due = core.next_event(now)
         candidates = [x for x in (due, pending[0][0] if pending else None) if x is not None]
         if not candidates:
@@ -348,6 +347,22 @@ def test_the_ceiling_holds_whatever_the_gateway_answers(
     assert len(admissions) == len(arrivals)
     assert all(core.control.min_rate <= r <= ceiling for r in [*seen, core.control.rate])
     assert_within_rate([a.admitted_at for a in admissions], ceiling, burst)
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(Priority)), st.integers(0, 1000)), min_size=1, max_size=30))
+def test_waiters_queued_together_go_by_class_then_longest_idle(waiters: list[tuple[Priority, int]]) -> None:
+    core = BudgetCore(1, 1, 0.0)
+    admit_one(core, 0.0, key="warm")  # the token is gone: everyone below queues
+    for i, (priority, idle) in enumerate(waiters):
+        core.enqueue(str(i), priority, 0.0, since_last_poll=idle)
+    admitted, _ = run_arrivals(core, [])
+    span = Tuning().idle_span
+
+    def expected_place(i: int) -> tuple[int, float, int]:
+        priority, idle = waiters[i]
+        return priority, -min(idle, span) if priority is Priority.IDLE else 0.0, i
+
+    assert [int(a.key) for a in admitted] == sorted(range(len(waiters)), key=expected_place)
 
 
 def test_classes_first_then_aging_lets_old_waiters_through() -> None:
@@ -486,3 +501,37 @@ async def test_budget_learns_against_a_gateway_with_concurrent_targets() -> None
     snap = budget.snapshot()
     assert snap.known_limits == (Limit(8, 1.0),) and snap.rate < 8 and snap.ceiling == 20
     await budget.aclose()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    replies=answers,
+    ceiling=st.floats(0.5, 20),
+    burst=st.integers(1, 10),
+    priorities=st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=12),
+)
+def test_concurrent_targets_through_the_asyncio_budget_stay_within_the_ceiling(
+    replies: list[tuple[int, str, str]], ceiling: float, burst: int, priorities: list[Priority]
+) -> None:
+    clock = FakeTime()
+    admitted: list[float] = []
+
+    async def main() -> Budget:
+        budget = Budget(ceiling, burst, clock=clock, sleep=clock.sleep)
+
+        async def target(key: str, priority: Priority) -> None:
+            for _ in range(4):
+                permit = await budget.acquire(priority, key, since_last_poll=10)
+                admitted.append(permit.admitted_at)
+                budget.observe(permit, *replies[permit.seq % len(replies)])
+
+        await asyncio.wait_for(asyncio.gather(*(target(f"t{i}", p) for i, p in enumerate(priorities))), 60)
+        await budget.aclose()
+        return budget
+
+    budget = asyncio.run(main())
+    assert len(admitted) == 4 * len(priorities)
+    assert admitted == sorted(admitted)
+    assert_within_rate(admitted, ceiling, burst)
+    snap = budget.snapshot()
+    assert sum(snap.queued.values()) == 0 and snap.rate <= ceiling
