@@ -120,6 +120,31 @@ class Metrics:
             registry=r,
         )
         self.checkpoint_age.set_function(self._checkpoint_age)
+        self.budget_rate = Gauge(
+            PREFIX + "budget_rate_per_second",
+            "API calls per second the flow-control budget currently admits (learned, at most the ceiling).",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_throttled = Counter(
+            PREFIX + "budget_throttled",
+            "API calls refused by gateway flow control (429, APIG.0308, ModelArts.6101).",
+            ["budget", "error_code"],
+            registry=r,
+        )
+        self.budget_queued = Gauge(
+            PREFIX + "budget_queued",
+            "Calls waiting for the API budget, by priority.",
+            ["budget", "priority"],
+            registry=r,
+        )
+        self.budget_wait = Histogram(
+            PREFIX + "budget_wait_seconds",
+            "Seconds a target's call waited for the API budget, by priority.",
+            ["budget", "priority"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
     def _checkpoint_age(self) -> float:
