@@ -35,6 +35,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -498,3 +499,16 @@ __all__ = [
     "is_throttle",
     "parse_limit",
 ]
+
+
+@dataclass(frozen=True)
+class CallTag:
+    """Who is calling: the scheduler sets it around a poll, the client reads it to queue the call."""
+
+    priority: Priority = Priority.IDLE
+    key: str = ""
+    since_last_poll: float | None = None
+
+
+_IDLE_CALL = CallTag()
+CALL: ContextVar[CallTag] = ContextVar("modelarts_receiver_call", default=_IDLE_CALL)

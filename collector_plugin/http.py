@@ -1,9 +1,11 @@
 """The async HTTP client every source gets: rate-limited, retrying and metered, for any API.
 
-One rate limiter (token bucket: requests/s with burst) and one concurrency limit per client,
-shared by every source that uses it; retries with backoff (honouring ``Retry-After``) on 429,
-5xx, the API's own throttling codes (``retryable_codes``, e.g. ModelArts' ``APIG.0308``) and
-connection errors, never on other 4xx. Errors name the endpoint *template* (never a signed URL,
+One learned, prioritised budget (:mod:`collector_plugin.budget`: the API's flow control is
+found, ``rate_limit`` is only its ceiling) and one concurrency limit per client, shared by every
+source that uses it. A throttled call (429, or a code in ``retryable_codes`` such as ModelArts'
+``APIG.0308``) waits for budget and is sent again without using up a retry; 5xx and connection
+errors are retried with backoff (honouring ``Retry-After``), other 4xx never. Reads of pre-signed
+links (OBS) spend no budget. Errors name the endpoint *template* (never a signed URL,
 never a signature). Responses are validated with pydantic models owned by the sources; a body
 that breaks its model raises :class:`ResponseFormatError` naming the endpoint and the field.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -21,37 +22,11 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from collector_plugin.backoff import Backoff, parse_retry_after
+from collector_plugin.budget import CALL, Budget, Permit
 from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, ResponseFormatError
 from collector_plugin.telemetry import Metrics
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class RateLimiter:
-    """Token bucket shared by every request of the process."""
-
-    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> float:
-        """Take one token, sleeping if none is left; return the seconds waited."""
-        waited = 0.0
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return waited
-                pause = (1 - self._tokens) / self.rate
-                waited += pause
-                await asyncio.sleep(pause)
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str]:
@@ -109,12 +84,13 @@ class ApiClient:
         verify: bool | str = True,
         retryable_codes: frozenset[str] = frozenset(),
         headers: Mapping[str, str] | None = None,
+        name: str = "default",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retryable_codes = retryable_codes
         self.retry = retry or Backoff()
         self.metrics = metrics or Metrics()
-        self.limiter = RateLimiter(rate_limit, burst)
+        self.budget = Budget(rate_limit, burst, name=name, metrics=self.metrics)
         self._slots = asyncio.Semaphore(max_concurrency)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._http = httpx.AsyncClient(
@@ -130,6 +106,7 @@ class ApiClient:
         self._obs = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits, verify=verify)
 
     async def aclose(self) -> None:
+        await self.budget.aclose()
         await self._http.aclose()
         await self._obs.aclose()
 
@@ -211,7 +188,6 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
-            await self._throttle()
             async with self._slots:
                 try:
                     async with self._obs.stream("GET", url, headers={"Range": rng}) as response:
@@ -237,16 +213,18 @@ class ApiClient:
                     self.metrics.api_retries.labels("obs", "connection").inc()
                     await asyncio.sleep(self.retry.delay(attempt))
 
-    async def _throttle(self) -> None:
-        waited = await self.limiter.acquire()
-        if waited:
-            self.metrics.throttle_wait_seconds.inc(waited)
+    async def _admit(self) -> Permit:
+        tag = CALL.get()
+        permit = await self.budget.acquire(tag.priority, tag.key, since_last_poll=tag.since_last_poll)
+        if permit.waited:
+            self.metrics.throttle_wait_seconds.inc(permit.waited)
+        return permit
 
     async def _send_with_retries(self, endpoint: str, build: Any) -> httpx.Response:
         attempt = 0
         while True:
             attempt += 1
-            await self._throttle()
+            permit = await self._admit()
             try:
                 async with self._slots:
                     response = await self._http.send(build())
@@ -270,10 +248,15 @@ class ApiClient:
                 await asyncio.sleep(pause)
                 continue
             if response.status_code < 400:
+                self.budget.observe(permit, response.status_code)
                 self.metrics.api_requests.labels(endpoint, "ok").inc()
                 return response
             err = api_error(response, endpoint, self.retryable_codes)
             self.metrics.api_errors.labels(endpoint, err.error_code or str(err.status)).inc()
+            if self.budget.observe(permit, err.status, err.error_code, err.error_msg, err.retry_after):
+                self.metrics.api_retries.labels(endpoint, "throttled").inc()
+                attempt -= 1  # the gateway's flow control, not a failure: wait for budget, send again
+                continue
             if err.retryable and not self.retry.exhausted(attempt):
                 self.metrics.api_retries.labels(endpoint, str(err.status)).inc()
                 pause = self.retry.delay(attempt, err.retry_after)
@@ -316,6 +299,7 @@ class HttpClients:
         if found is None:
             found = self._clients[name] = ApiClient(
                 base_url,
+                name=name,
                 auth=auth,
                 metrics=self._metrics,
                 transport=self._transport,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from collector_plugin.backoff import Backoff
+from collector_plugin.budget import CALL, CallTag, Priority
 from collector_plugin.records import Span
 from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target
 from collector_plugin.telemetry import Metrics
@@ -53,6 +54,16 @@ class TargetState:
     failures: int = 0
     failed: str = ""  # why the target stopped for good (e.g. an unreadable cursor), "" while it runs
     last_error: str = ""
+    last_poll_at: float | None = None  # loop time the last poll ended
+    news: bool = False  # the last poll produced, or the reader said more is coming soon
+
+    def call_tag(self, key: str, now: float) -> CallTag:
+        """How this target's next API calls queue for budget: new first, then likely news, then idle."""
+        if self.last_poll_at is None:
+            return CallTag(Priority.NEW, key)
+        if self.news or self.draining:
+            return CallTag(Priority.NEWS, key)
+        return CallTag(Priority.IDLE, key, since_last_poll=now - self.last_poll_at)
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Scheduler:
             await asyncio.gather(*refreshers, *tasks, return_exceptions=True)
 
     async def _refresh_loop(self, rt: SourceRuntime) -> None:
+        CALL.set(CallTag(Priority.NEWS, f"{rt.name}/targets"))  # discovery finds the targets: ahead of idle polls
         while not self._stop.is_set():
             try:
                 targets = await rt.source.targets()
@@ -176,6 +188,7 @@ class Scheduler:
                         reader = self._open(rt, key, state)
                         if reader is None:
                             return  # failed for good: stays listed, visible and counted as failed
+                    CALL.set(state.call_tag(key, started))
                     async for span in reader.poll(draining=draining):
                         await self.sink.put(span)
                         if span.cursor is not None:
@@ -188,6 +201,7 @@ class Scheduler:
                     raise
                 except Exception as exc:
                     reader = None  # reopen at the last cursor handed to the pipeline
+                    state.last_poll_at = loop.time()
                     self._failed_poll(rt.name, key, state, exc)
                     if draining and state.failures >= 3:
                         break
@@ -197,6 +211,8 @@ class Scheduler:
                 state.polls += 1
                 self.polls_completed += 1
                 status = reader.status
+                state.last_poll_at = loop.time()
+                state.news = produced or status.transitional or status.behind
                 self._lag(rt.name, key, status.lag_bytes, status.lag_seconds)
                 if status.behind:
                     interval = base

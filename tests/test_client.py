@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.backoff import Backoff
+from collector_plugin.budget import Budget, Priority
 from collector_plugin.errors import ApiError, AuthError, ResponseFormatError
-from collector_plugin.http import RateLimiter
 from collector_plugin.simulator import Scenario, Simulator
 from collector_plugin.sources.modelarts.client import ModelArtsClient
 
@@ -81,12 +81,16 @@ async def test_retryable_faults_are_retried(sim: Simulator, client: ModelArtsCli
     preview = await get_preview(client)
     assert preview.content.startswith("hello")
     assert sim.count() == 3  # two faults, then the answer
-    assert (
-        client.metrics.api_retries.labels(
-            PREVIEW, "connection" if fault.get("reset") else str(fault["status"])
-        )._value.get()
-        == 2
-    )
+    assert client.metrics.api_retries.labels(PREVIEW, _retry_reason(fault))._value.get() == 2
+
+
+def _retry_reason(fault: dict[str, Any]) -> str:
+    """Flow control (429, APIG.0308, ModelArts.6101) waits for budget; the rest is a retry by status."""
+    if fault.get("reset"):
+        return "connection"
+    if fault["status"] == 429 or fault.get("error_code") in ("APIG.0308", "ModelArts.6101"):
+        return "throttled"
+    return str(fault["status"])
 
 
 async def test_retry_after_is_honoured(sim: Simulator, client: ModelArtsClient) -> None:
@@ -148,11 +152,12 @@ async def test_wrong_sk_is_rejected_clearly(sim: Simulator) -> None:
     assert "WRONG-SECRET" not in message
 
 
-async def test_rate_limiter_spaces_requests() -> None:
-    limiter = RateLimiter(rate=50.0, burst=2)
+async def test_the_budget_spaces_requests_at_its_ceiling() -> None:
+    budget = Budget(50.0, 2)
     started = time.monotonic()
-    for _ in range(12):
-        await limiter.acquire()
+    for i in range(12):
+        await budget.acquire(Priority.IDLE, f"k{i}")
+    await budget.aclose()
     # 2 from the burst, then 10 at 50/s: at least 0.2 s
     assert time.monotonic() - started >= 0.19
 
