@@ -8,25 +8,13 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from collector_plugin.otlp import any_value_to_python
 from collector_plugin.records import Record
 
 _COLORS = {0: "\x1b[37m", 5: "\x1b[90m", 9: "\x1b[32m", 13: "\x1b[33m", 17: "\x1b[31m", 21: "\x1b[1;31m"}
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
-
-
-def any_value(value: AnyValue) -> Any:
-    """Plain Python value of an OTLP AnyValue."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
 
 
 def _severity_bucket(number: int) -> int:
@@ -95,8 +83,8 @@ def format_proto_record(record: Any, service: str, *, color: bool) -> str:
         time_ns=record.time_unix_nano or record.observed_time_unix_nano,
         severity_number=record.severity_number,
         severity_text=record.severity_text,
-        attributes={kv.key: any_value(kv.value) for kv in record.attributes},
-        body=any_value(record.body),
+        attributes={kv.key: any_value_to_python(kv.value) for kv in record.attributes},
+        body=any_value_to_python(record.body),
         event_name=record.event_name,
         service=service,
         color=color,

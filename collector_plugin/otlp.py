@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from collector_plugin.records import Attributes, AttrValue, Record
 
@@ -349,3 +350,19 @@ def encode_export_request(
 def encoded_size(record: Record) -> int:
     """Bytes ``record`` takes in a request (exact; the pipeline uses the encoding itself)."""
     return len(encode_framed_log_record(record))
+
+
+def any_value_to_python(value: Any) -> Any:
+    """An opentelemetry-proto ``AnyValue`` as str/bool/int/float/bytes/list/dict (None if unset).
+
+    The decoding twin of what this module encodes: for tests, the console and anyone reading
+    requests back.
+    """
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind)

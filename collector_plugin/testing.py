@@ -23,23 +23,12 @@ from typing import Any
 from collector_plugin.errors import ExportError
 from collector_plugin.export import RetryableExportError
 from collector_plugin.http import HttpClients
+from collector_plugin.otlp import any_value_to_python
 from collector_plugin.records import Span
 from collector_plugin.source import Connection, Reader, SourceContext
 from collector_plugin.telemetry import Metrics, SourceCounters
 
 DecodedRecord = dict[str, Any]
-
-
-def any_value_to_python(value: Any) -> Any:
-    """Turn an opentelemetry-proto ``AnyValue`` into str/bool/int/float/bytes/list/dict (None if unset)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [any_value_to_python(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
 
 
 def decode_request(payload: bytes) -> list[DecodedRecord]:
