@@ -44,6 +44,8 @@ from collector_plugin.mapping import (
 from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue, Record, Span
 from collector_plugin.source import (
     BadCursor,
+    Command,
+    CommandContext,
     Connection,
     HttpClientFactory,
     Reader,
@@ -70,6 +72,8 @@ __all__ = [
     "Attributes",
     "AuthError",
     "BadCursor",
+    "Command",
+    "CommandContext",
     "Connection",
     "CursorCodec",
     "Duration",

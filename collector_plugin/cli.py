@@ -13,15 +13,17 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from collector_plugin import __version__
 from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, ReceiverError
-from collector_plugin.plugins import load_catalog, load_sources
+from collector_plugin.plugins import RegisteredSource, get_plugin_manager, load_catalog, load_commands, load_sources
+from collector_plugin.records import Record
 from collector_plugin.settings import Settings, load_settings
+from collector_plugin.source import Command, Source
 
 DEFAULT_CONFIG_ENV = "MODELARTS_RECEIVER_CONFIG"
 
@@ -154,47 +156,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tail(args: argparse.Namespace, settings: Settings) -> None:
-    from collector_plugin.console import format_record
-    from collector_plugin.receiver import build_connections, build_http, source_context
-    from collector_plugin.telemetry import Metrics
+class _CommandContext:
+    """A plugin command's view of the receiver: sources wired as ``run`` wires them, the console."""
 
-    metrics = Metrics()
-    http = build_http(settings.config, metrics)
-    connections = build_connections(settings.config, http)
-    registry = load_sources()
-    readers = []
-    tasks_cfg = {"start_at": "beginning", "flush_after": "1s", "jobs": [{"id": args.job, "tasks": args.task or []}]}
-    wanted = [("training_task_logs", tasks_cfg)]
-    if args.events:
-        wanted.append(("training_job_events", {"start_at": "beginning", "jobs": [{"id": args.job}]}))
-    for name, raw in wanted:
-        cls = registry[name].cls
-        source = cls(cls.config_model.model_validate(raw), source_context(name, settings, http, connections, metrics))
-        for target in await source.targets():
-            readers.append(source.open(target, None))
-    color = sys.stdout.isatty()
-    try:
-        while True:
-            for reader in readers:
-                async for span in reader.poll(draining=not args.follow):
-                    for record in span.records:
-                        plain = isinstance(record.body, str) and not record.event_name and not args.verbose
-                        print(record.body if plain else format_record(record, color=color))
-                    sys.stdout.flush()
-            if not args.follow:
-                return
-            await asyncio.sleep(args.interval)
-    finally:
-        await http.aclose()
+    def __init__(self, settings: Settings, registry: Mapping[str, RegisteredSource]) -> None:
+        from collector_plugin.receiver import build_connections, build_http
+        from collector_plugin.telemetry import Metrics
+
+        self.settings = settings
+        self.registry = registry
+        self.metrics = Metrics()
+        self.http = build_http(settings.config, self.metrics)
+        self.connections = build_connections(settings.config, self.http)
+        self.color = sys.stdout.isatty()
+
+    def open_source(self, name: str, config: Mapping[str, Any]) -> Source:
+        from collector_plugin.config import parse_source_config
+        from collector_plugin.receiver import source_context
+
+        if name not in self.registry:
+            raise ConfigError([f"sources.{name}: no such source is registered"])
+        cls = self.registry[name].cls
+        validated = parse_source_config(name, cls.config_model, config)
+        return cls(validated, source_context(name, self.settings, self.http, self.connections, self.metrics))
+
+    def print_record(self, record: Record, *, verbose: bool = False) -> None:
+        from collector_plugin.console import format_record
+
+        plain = isinstance(record.body, str) and not record.event_name and not verbose
+        print(record.body if plain else format_record(record, color=self.color), flush=True)
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    registry = load_sources()
-    settings = load_settings(_config_path(args), registry, os.environ)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail(args, settings))
-    return 0
+def _plugin_command(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Run a plugin's command with the config given by ``--config`` (or the environment)."""
+
+    def run(args: argparse.Namespace) -> int:
+        registry = load_sources()
+        settings = load_settings(_config_path(args), registry, os.environ)
+
+        async def go() -> int:
+            context = _CommandContext(settings, registry)
+            try:
+                return await command.run(args, context)
+            finally:
+                await context.http.aclose()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(go())
+        return 130
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,16 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default="", help="serve /metrics here, e.g. 127.0.0.1:8888")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("tail", help="print a training job's log (like kubectl logs)")
-    p.add_argument("job", help="training job id")
-    p.add_argument("--task", action="append", help="task name, e.g. worker-0 (repeatable; default: all)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("--events", action="store_true", help="also print the job's events")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls with -f")
-    p.add_argument("-v", "--verbose", action="store_true", help="prefix lines with time, level and task")
-    p.add_argument("--config", "-c", help="config file whose modelarts: section gives endpoint and credentials")
-    p.set_defaults(func=cmd_tail)
-
     p = sub.add_parser("validate", help="check a config file; exit 1 listing every problem")
     p.add_argument("--config", "-c", help="config file")
     p.set_defaults(func=cmd_validate)
@@ -241,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sources", help="list registered sources and where they come from")
     p.set_defaults(func=cmd_sources)
+
+    commands, _ = load_commands(get_plugin_manager(), taken=set(sub.choices))  # a broken plugin: see `sources`
+    for command in commands.values():
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
+        p.set_defaults(func=_plugin_command(command))
     return parser
 
 

@@ -396,6 +396,14 @@ def parse_config(
     return config
 
 
+def parse_source_config(name: str, model: type[SourceConfig], raw: Mapping[str, Any]) -> SourceConfig:
+    """One source's section, validated as ``sources.<name>`` in a file would be."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(_problems(err, model, ("sources", name))) from None
+
+
 def load_config(
     path: str | Path,
     registry: Mapping[str, RegisteredSource],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from collector_plugin.source import Source
+    from collector_plugin.source import Command, Source
 
 PROJECT_NAME = "collector_plugin"
 
@@ -33,5 +33,20 @@ def register_sources(register: Callable[[type[Source]], None]) -> None:
 
     :param register: Callable that takes a source class; raises ``ValueError`` when the class
         has no ``name`` or another plugin already registered a source of that name.
+    :returns: Nothing; results are ignored.
+    """
+
+
+@hookspec
+def register_commands(register: Callable[[Command], None]) -> None:
+    """Register CLI commands the plugin contributes, next to ``run``, ``validate`` and the rest.
+
+    Called once per plugin when the command line is built. Call ``register(Command(...))`` for
+    each command; its ``run`` gets the parsed arguments and a
+    :class:`~collector_plugin.source.CommandContext` that opens the plugin's sources from the
+    config given with ``--config``, as ``run`` would. The ModelArts plugin contributes ``tail``.
+
+    :param register: Callable that takes a :class:`~collector_plugin.source.Command`; raises
+        ``ValueError`` when the command name is taken.
     :returns: Nothing; results are ignored.
     """

@@ -21,13 +21,14 @@ import pluggy
 
 from collector_plugin import hookspecs
 from collector_plugin.errors import PluginError
-from collector_plugin.source import Source
+from collector_plugin.source import Command, Source
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "collector_plugin.sources.modelarts.task_logs",
     "collector_plugin.sources.modelarts.job_logs_v1",
     "collector_plugin.sources.modelarts.events.source",
     "collector_plugin.sources.modelarts.service_updates",
+    "collector_plugin.sources.modelarts.tail",
 )
 BLOCK_ENV = "MODELARTS_RECEIVER_BLOCK_PLUGINS"
 ENTRY_POINT_GROUP = "modelarts_otel_receiver.sources"
@@ -171,3 +172,31 @@ def load_sources(pm: pluggy.PluginManager | None = None) -> dict[str, Registered
     catalog = load_catalog(pm)
     catalog.raise_if_broken()
     return catalog.sources
+
+
+def load_commands(pm: pluggy.PluginManager, taken: set[str]) -> tuple[dict[str, Command], list[PluginError]]:
+    """The CLI commands healthy plugins contribute (``taken``: names the CLI has itself).
+
+    Like sources, a plugin's commands are taken all or none; a clash or a failing hook sets the
+    plugin aside as a :class:`PluginError` instead of breaking the command line.
+    """
+    commands: dict[str, Command] = {}
+    broken: list[PluginError] = []
+    for impl in pm.hook.register_commands.get_hookimpls():
+        plugin = impl.plugin
+        name = pm.get_name(plugin) or repr(plugin)
+        mine: dict[str, Command] = {}
+
+        def register(command: Command, _mine: dict[str, Command] = mine, _name: str = name) -> None:
+            if command.name in taken or command.name in commands or command.name in _mine:
+                raise ValueError(f"command {command.name!r} is already taken")
+            _mine[command.name] = command
+
+        others = [p for p in pm.get_plugins() if p is not plugin]
+        try:
+            pm.subset_hook_caller("register_commands", remove_plugins=others)(register=register)
+        except Exception as exc:  # a plugin's hook may fail in any way; it must not sink the CLI
+            broken.append(PluginError(name, f"register_commands: {exc}", _distribution(pm, plugin)))
+            continue
+        commands.update(mine)
+    return commands, broken

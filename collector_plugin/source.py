@@ -13,9 +13,10 @@ party's (see examples/third_party_source).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collector_plugin.durations import Duration
 from collector_plugin.errors import ConfigError
-from collector_plugin.records import Attributes, AttrValue, Span
+from collector_plugin.records import Attributes, AttrValue, Record, Span
 
 if TYPE_CHECKING:
     from collector_plugin.http import ApiClient
@@ -197,8 +198,36 @@ class Source(Protocol):
         ...
 
 
+class CommandContext(Protocol):
+    """What a plugin's CLI command gets: sources opened the way ``run`` opens them, and output."""
+
+    def open_source(self, name: str, config: Mapping[str, Any]) -> Source:
+        """The registered source ``name`` with ``config`` (validated as ``sources.<name>`` would be)."""
+        ...
+
+    def print_record(self, record: Record, *, verbose: bool = False) -> None:
+        """Print a record as the console does (plain log lines, coloured details when verbose)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command a plugin contributes: ``modelarts-receiver <name> ...``.
+
+    ``add_arguments`` declares its options (``--config`` is added for it); ``run`` does the work
+    and returns the exit code.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, CommandContext], Awaitable[int]]
+
+
 __all__ = [
     "BadCursor",
+    "Command",
+    "CommandContext",
     "Connection",
     "HttpClientFactory",
     "Reader",

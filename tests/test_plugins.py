@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import json
@@ -17,6 +18,7 @@ import httpx
 import pluggy
 import pytest
 
+from collector_plugin import cli
 from collector_plugin.cli import main
 from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, PluginError
@@ -27,9 +29,10 @@ from collector_plugin.plugins import (
     ENTRY_POINT_GROUP,
     get_plugin_manager,
     load_catalog,
+    load_commands,
     load_sources,
 )
-from collector_plugin.source import Source, SourceConfig, SourceContext
+from collector_plugin.source import Command, CommandContext, Source, SourceConfig, SourceContext
 from collector_plugin.testing import source_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,3 +367,67 @@ def test_a_broken_plugin_is_no_traceback_in_a_real_process(broken_plugin: str, t
         check=False,
     )
     assert (proc.returncode, proc.stderr.splitlines()) == (1, [broken_plugin])
+
+
+class _CommandPlugin:
+    """An inline plugin contributing one CLI command that opens a source through its context."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.opened: list[str] = []
+
+    @hookimpl
+    def register_commands(self, register: Callable[[Command], None]) -> None:
+        def add_arguments(p: argparse.ArgumentParser) -> None:
+            p.add_argument("job")
+
+        async def run(args: argparse.Namespace, ctx: CommandContext) -> int:
+            source = ctx.open_source("training_job_events", {"jobs": [{"id": args.job}]})
+            self.opened.append(type(source).__name__)
+            return 7
+
+        register(Command(self.name, "test command", add_arguments, run))
+
+
+def test_hook_register_commands(tmp_path: Path) -> None:
+    """A plugin's command is offered by the CLI, gets its sources wired from ``--config``, and a
+    name clash sets the plugin aside instead of breaking the command line."""
+    pm = get_plugin_manager(load_entry_points=False)
+    taken = {"run", "validate"}
+    commands, broken = load_commands(pm, taken)
+    assert "tail" in commands and not broken  # the ModelArts plugin's own
+    plugin, clash = _CommandPlugin("hello-cmd"), _CommandPlugin("validate")
+    pm.register(plugin, name="cmd")
+    pm.register(clash, name="clash")
+    try:
+        commands, broken = load_commands(pm, taken)
+        assert "hello-cmd" in commands and "validate" not in commands
+        assert [err.plugin for err in broken] == ["clash"] and "already taken" in str(broken[0])
+        config = tmp_path / "c.yaml"
+        config.write_text("modelarts: {region: r, project_id: p, endpoint: 'http://127.0.0.1:9', auth: {token: t}}\n")
+        args = argparse.Namespace(job="j1", config=str(config))
+        assert cli._plugin_command(commands["hello-cmd"])(args) == 7
+        assert plugin.opened == ["EventsSource"]
+    finally:
+        pm.unregister(plugin)
+        pm.unregister(clash)
+
+
+def test_a_plugin_command_with_a_bad_source_config_names_the_key(tmp_path: Path) -> None:
+    class Bad(_CommandPlugin):
+        @hookimpl
+        def register_commands(self, register: Callable[[Command], None]) -> None:
+            async def run(args: argparse.Namespace, ctx: CommandContext) -> int:
+                ctx.open_source("training_job_events", {"jobs": [{"idd": "x"}]})
+                return 0
+
+            register(Command("bad-cmd", "test", lambda p: None, run))
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Bad("bad-cmd"), name="bad")
+    commands, _ = load_commands(pm, set())
+    config = tmp_path / "c.yaml"
+    config.write_text("modelarts: {region: r, project_id: p, endpoint: 'http://127.0.0.1:9', auth: {token: t}}\n")
+    with pytest.raises(ConfigError) as err:
+        cli._plugin_command(commands["bad-cmd"])(argparse.Namespace(config=str(config)))
+    assert "sources.training_job_events.jobs[0].id: field required" in err.value.problems
