@@ -1,7 +1,8 @@
 """A faithful fake of the ModelArts API for tests, the demo and benchmarks.
 
 ``Simulator`` serves the five log endpoints, job/service discovery, IAM password login and OBS
-objects over real HTTP on 127.0.0.1; ``Scenario`` holds the state tests change while it runs;
+objects over real HTTP on 127.0.0.1, optionally behind APIG-like flow control (``FlowLimit``);
+``Scenario`` holds the state tests change while it runs;
 ``FaultInjector`` (``sim.faults``) makes chosen requests fail.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collector_plugin.simulator.content import LogGenerator
 from collector_plugin.simulator.faults import FaultInjector, FaultRule
+from collector_plugin.simulator.gateway import CallCount, FlowLimit
 from collector_plugin.simulator.scenario import (
     Event,
     Scenario,
@@ -35,9 +37,11 @@ __all__ = [
     "DEFAULT_AK",
     "DEFAULT_QUIRKS",
     "DEFAULT_SK",
+    "CallCount",
     "Event",
     "FaultInjector",
     "FaultRule",
+    "FlowLimit",
     "LogGenerator",
     "RequestLog",
     "Scenario",
