@@ -9,6 +9,7 @@ objects over real HTTP on 127.0.0.1, optionally behind APIG-like flow control (`
 from __future__ import annotations
 
 from collector_plugin.simulator.content import LogGenerator
+from collector_plugin.simulator.demo import receiver_config, receiver_yaml
 from collector_plugin.simulator.faults import FaultInjector, FaultRule
 from collector_plugin.simulator.gateway import CallCount, FlowLimit
 from collector_plugin.simulator.scenario import (
@@ -30,7 +31,7 @@ from collector_plugin.simulator.server import (
     Simulator,
     decode_range,
 )
-from collector_plugin.simulator.standalone import describe, receiver_yaml, serve
+from collector_plugin.simulator.standalone import describe, serve
 
 __all__ = [
     "ALL_QUIRKS",
@@ -54,6 +55,7 @@ __all__ = [
     "decode_range",
     "describe",
     "edge_detail",
+    "receiver_config",
     "receiver_yaml",
     "serve",
 ]
