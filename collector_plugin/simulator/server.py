@@ -1,4 +1,4 @@
-"""The simulator's HTTP side: one stdlib server that routes each request to its API family.
+"""The simulator: routes each request (parsed by ``httpd``) to the API family that owns it.
 
 The families each own one part of the API and meet the shared state only through
 :class:`Scenario`'s public methods: ``signing`` (AK/SK, tokens, IAM login), ``gateway`` (flow
@@ -11,22 +11,17 @@ own tables (see ``quirks``).
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Generic, TypeVar, cast, overload
-from urllib.parse import parse_qsl, unquote
-
-import httpx
+from typing import Generic, TypeVar, cast, overload
+from urllib.parse import unquote
 
 from collector_plugin.simulator.events import EVENTS, EVENTS_MAX_LIMIT, EventsApi, iso_time
-from collector_plugin.simulator.faults import FaultInjector, FaultRule
+from collector_plugin.simulator.faults import FaultInjector
 from collector_plugin.simulator.gateway import CallCount, FlowLimit, Gateway
 from collector_plugin.simulator.growth import Growth
+from collector_plugin.simulator.httpd import UNKNOWN, RequestHandler, SimulatorServer
 from collector_plugin.simulator.obs import OBS_AK, OBS_BUCKET, OBS_OBJECT, ObsStore, obs_error, parse_range
 from collector_plugin.simulator.protocol import (
     ALL_QUIRKS,
@@ -114,7 +109,6 @@ __all__ = [  # the names this module offered before the split, still importable 
     "split_edges",
 ]
 
-UNKNOWN = "unknown"
 T = TypeVar("T")
 
 
@@ -219,7 +213,7 @@ class Simulator:
         )
         self._requests: list[RequestLog] = []
         self._lock = threading.Lock()
-        self._server: _Server | None = None
+        self._server: SimulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._growth: Growth | None = None
 
@@ -249,7 +243,7 @@ class Simulator:
     def start(self) -> Simulator:
         if self._server is not None:
             return self
-        server = _Server((self.host, self.port), _RequestHandler)
+        server = SimulatorServer((self.host, self.port), RequestHandler)
         server.sim = self
         self.port = server.server_address[1]
         self._server = server
@@ -376,122 +370,3 @@ class Simulator:
             v1 = route.template in V1_TEMPLATES
             code = "ModelArts.0105" if v1 else "ModelArts.50004000"
             return error_reply(400, code, f"Bad request. {err}", v1=v1)
-
-
-# ---- HTTP plumbing -----------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    sim: Simulator
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
-        self.open_connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def close_connections(self) -> None:
-        """Drop kept-alive connections, so a stopped simulator really stops answering."""
-        with self.connections_lock:
-            conns, self.open_connections = self.open_connections, set()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Client disconnects and injected resets are expected; stay quiet."""
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = 1 << 16  # head and body in one send: separate small sends meet delayed ACKs
-    server: _Server
-    timeout = 60
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.open_connections.add(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: request URLs can carry OBS signatures."""
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        sim = self.server.sim
-        raw_path, _, raw_query = self.path.partition("?")
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        query = dict(parse_qsl(raw_query, keep_blank_values=True))
-        found = sim.find_route(self.command, raw_path)
-        endpoint = found[0].template if found else UNKNOWN
-        rule = sim.faults.match(self.command, raw_path)
-        if rule is not None and rule.delay:
-            time.sleep(rule.delay)
-        if rule is not None and rule.reset:
-            sim.record(RequestLog(self.command, raw_path, _redact(query), 0, endpoint))
-            self._reset()
-            return
-        if rule is not None and rule.answers:
-            reply = _fault_reply(rule)
-        elif found is None:
-            reply = error_reply(404, "APIG.0101", "The API does not exist or has not been published.")
-        else:
-            headers = httpx.Headers(list(self.headers.items()))
-            req = Request(self.command, raw_path, raw_query, query, headers, body, found[1])
-            reply = sim.handle(req, found[0])
-        sim.record(RequestLog(self.command, raw_path, _redact(query), reply.status, endpoint))
-        self._send(reply)
-
-    def _send(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD" and reply.body:
-            self.wfile.write(reply.body)
-
-    def _reset(self) -> None:
-        """Abort the connection with a TCP RST, as a crashing proxy does."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.open_connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-
-def _redact(query: dict[str, str]) -> dict[str, str]:
-    return {k: ("***" if k in ("Signature", "AWSAccessKeyId") else v) for k, v in query.items()}
-
-
-def _fault_reply(rule: FaultRule) -> Reply:
-    status = rule.status if rule.status is not None else 200
-    content_type = "text/html" if rule.body is not None else "application/json;charset=UTF-8"
-    reply = Reply(status, rule.error_body(), content_type)
-    if rule.retry_after is not None:
-        value = rule.retry_after
-        reply.headers["Retry-After"] = str(int(value) if isinstance(value, float) and value.is_integer() else value)
-    return reply
