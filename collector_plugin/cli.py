@@ -89,47 +89,29 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from collector_plugin.simulator import serve
+    from collector_plugin.simulator import FlowLimit, serve
 
-    serve(port=args.port, host=args.host, seed=args.seed, grow_bps=args.grow)
+    try:
+        limit = FlowLimit.parse(args.flow_limit) if args.flow_limit else None
+    except ValueError as exc:
+        raise ReceiverError(f"--flow-limit: {exc}") from None
+    if args.obs_lag < 0:
+        raise ReceiverError("--obs-lag: must be >= 0 seconds")
+    serve(port=args.port, host=args.host, seed=args.seed, grow_bps=args.grow, flow_limit=limit, obs_lag=args.obs_lag)
     return 0
 
 
 def demo_config(sim: Any, checkpoint_dir: str, args: argparse.Namespace) -> dict[str, Any]:
-    """A receiver config that reads everything the simulator serves."""
-    v1_jobs = [{"job_id": job.job_id, "version_id": job.version_id, "log_files": []} for job in sim.scenario.v1_jobs]
-    fast = {"poll_interval": "1s", "max_poll_interval": "5s"}
-    sources: dict[str, Any] = {
-        "training_task_logs": {
-            **fast,
-            "start_at": "beginning",
-            "flush_after": "2s",
-            "discovery": {"enabled": True, "interval": "5s", "phases": ["Running", "Pending", "Completed", "Failed"]},
-        },
-        "training_job_events": {
-            **fast,
-            "discovery": {"enabled": True, "interval": "5s", "phases": ["Running", "Pending", "Completed", "Failed"]},
-        },
-        "service_update_logs": {**fast, "discovery": {"enabled": True, "interval": "5s"}},
-    }
-    if v1_jobs:
-        sources["training_job_logs_v1"] = {**fast, "start_at": "beginning", "jobs": v1_jobs}
-    exporter: dict[str, Any] = {"batch": {"max_delay": "250ms"}}
-    if args.otlp_endpoint:
-        exporter.update(protocol=args.protocol, endpoint=args.otlp_endpoint)
-    return {
-        "modelarts": {
-            "region": "sim-local-1",
-            "endpoint": sim.url,
-            "project_id": sim.project_id,
-            "auth": {"ak": sim.ak, "sk": sim.sk},
-        },
-        "sources": sources,
-        "exporter": exporter,
-        "checkpoint": {"path": str(Path(checkpoint_dir) / "checkpoints.db")},
-        "telemetry": {"listen": args.metrics_listen or "", "log_level": "warning", "log_format": "text"},
-        "shutdown": {"grace_period": "5s"},
-    }
+    """A receiver config that reads everything the simulator serves (the simulator's own)."""
+    from collector_plugin.simulator.demo import receiver_config
+
+    exporter = {"protocol": args.protocol, "endpoint": args.otlp_endpoint} if args.otlp_endpoint else {}
+    return receiver_config(
+        sim,
+        checkpoint_path=str(Path(checkpoint_dir) / "checkpoints.db"),
+        exporter=exporter,
+        metrics_listen=args.metrics_listen or "",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -238,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grow", type=int, default=1000, help="log bytes per second each running task writes")
+    p.add_argument("--flow-limit", help="APIG flow control: calls per credential, e.g. 10/s or 600/min (default: off)")
+    p.add_argument("--obs-lag", type=float, default=0.0, help="seconds the OBS copy of a task log trails the live log")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sources", help="list registered sources and where they come from")

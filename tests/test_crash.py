@@ -2,8 +2,12 @@
 
 After every restart the receiver resumes from its last committed cursors: every task-log line,
 v1 line, event and service-update state arrives, duplicates come only from batches that were not
-acknowledged before the kill, and whatever is sent twice carries the uid of its first copy. SIGTERM flushes, commits and exits 0, so a further
-restart sends nothing again.
+acknowledged before the kill, and whatever is sent twice carries the uid of its first copy. SIGTERM
+flushes, commits and exits 0, so a further restart sends nothing again.
+
+No step waits a fixed time: a kill comes once the run has delivered what only it can see (the
+service's current RUNNING state, gone once the update finishes) and then made a random number of
+further API calls; the end waits for every line, event and state to be at the collector.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import pytest
 import yaml
 
 from collector_plugin.simulator import Scenario, Simulator
+from collector_plugin.simulator.server import EVENTS, OBS_OBJECT, PREVIEW, SERVICE_LOGS, V1_LOG
 
 try:
     from rotel_harness import RotelCollector
@@ -36,6 +42,7 @@ V1_JOB = 4242
 QUEUE = 2000
 BATCH = 250
 IN_FLIGHT = 2
+GUARD = 60.0  # seconds: only against a hang, never expected to be reached
 
 
 def lines(start: int, n: int) -> bytes:
@@ -88,6 +95,68 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = GUARD) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_after_random_progress(
+    proc: subprocess.Popen[bytes],
+    sim: Simulator,
+    rng: random.Random,
+    most: int,
+    *,
+    least: int = 0,
+    since: int | None = None,
+) -> None:
+    """SIGKILL once the receiver made ``least``..``most`` API calls after ``since`` (default: now).
+
+    A random point of the receiver's own progress, whatever the machine's speed.
+    """
+    mark = (sim.count() if since is None else since) + rng.randint(least, most)
+    wait_until(lambda: sim.count() >= mark or proc.poll() is not None, f"{mark} API calls")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def delivered(collector: RotelCollector, state: tuple[int, str], proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """True once the collector holds that update state (or the receiver died: the caller says so)."""
+    return lambda: state in classify(collector.records())["update"] or proc.poll() is not None
+
+
+def stop_cleanly(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+
+
+def settled_records(collector: RotelCollector) -> list[dict[str, Any]]:
+    """Everything the collector acknowledged: rotel prints what it queued before it stops."""
+    collector.stop()
+    received = collector.records()
+    collector.start()
+    return received
+
+
+def classify(received: list[dict[str, Any]]) -> dict[str, dict[Any, set[tuple[str, str]]]]:
+    """Records by kind and identity (task/v1 offset, event body, update state): (body, uid) seen."""
+    by_kind: dict[str, dict[Any, set[tuple[str, str]]]] = defaultdict(lambda: defaultdict(set))
+    for record in received:
+        attrs = record["attributes"]
+        if "modelarts.task.id" in attrs:
+            key: tuple[str, Any] = ("task", attrs["modelarts.log.offset"])
+        elif "log.file.name" in attrs:
+            key = ("v1", attrs["modelarts.log.offset"])
+        elif record["event_name"] == "modelarts.training_job.event":
+            key = ("event", record["body"])
+        else:
+            key = ("update", (attrs["modelarts.service.update.time"], attrs["modelarts.service.update.result"]))
+        by_kind[key[0]][key[1]].add((str(record["body"]), attrs["log.record.uid"]))
+    return by_kind
+
+
 def line_offsets(data: bytes) -> dict[int, str]:
     out, pos = {}, 0
     for line in data.split(b"\n")[:-1]:
@@ -117,10 +186,12 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
             write_config(config, sim, collector, all_sources=True)
             log = tmp_path / "receiver.log"
             for kill in range(kills):
+                current = (updates[-1].update_time, "RUNNING")
                 proc = start(config, log)
-                time.sleep(rng.uniform(1.2, 3.0))
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+                # Only this run can see the current update RUNNING: kill once it is delivered.
+                wait_until(delivered(collector, current, proc), f"the RUNNING state of update {kill}")
+                assert proc.poll() is None, log.read_text()[-3000:]
+                kill_after_random_progress(proc, sim, rng, most=40)
                 # Between runs everything moves on: lines, v1 lines, events (some sharing a
                 # timestamp), and the service's update history.
                 task.append(lines(written, 1500))
@@ -133,34 +204,39 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
                 updates.append(service.start_update(time_ms=base_ms + (kill + 1) * 60_000))
             proc = start(config, log)
             v1_lines = line_offsets(v1.file("train.log").data)
-            states = 2 * (len(updates) - 1) + 1
-            received = collector.records(wait_for=written + len(v1_lines) + events + states, timeout=60)
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
-            before_restart = len(collector.records())
-            # Everything was committed on SIGTERM: a restart re-sends nothing.
+            task_lines = line_offsets(task.data)
+            states = {(u.update_time, u.result) for u in updates[:-1]} | {(u.update_time, "RUNNING") for u in updates}
+
+            def everything_arrived() -> bool:
+                seen = classify(collector.records())
+                return (
+                    set(task_lines) <= set(seen["task"])
+                    and set(v1_lines) <= set(seen["v1"])
+                    and len(seen["event"]) >= events
+                    and states <= set(seen["update"])
+                )
+
+            wait_until(everything_arrived, "every line, event and state after the last kill")
+            stop_cleanly(proc, log)
+            before_restart = len(settled_records(collector))
+            # Everything was committed on SIGTERM: a restart re-sends nothing, though every source
+            # polls (each endpoint answered twice: the first answer was handled in full).
+            sim.reset_requests()
             proc = start(config, log)
-            time.sleep(3.0)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-            received = collector.records()
+            wait_until(
+                lambda: (
+                    all(sim.count(e) >= 2 for e in (V1_LOG, EVENTS, SERVICE_LOGS))
+                    and sim.count(PREVIEW) + sim.count(OBS_OBJECT) >= 2
+                ),
+                "every source to poll after the restart",
+            )
+            stop_cleanly(proc, log)
+            received = settled_records(collector)
     finally:
         collector.stop()
 
     assert len(received) == before_restart
-    by_kind: dict[str, dict[Any, set[tuple[str, str]]]] = defaultdict(lambda: defaultdict(set))
-    for record in received:
-        attrs = record["attributes"]
-        if "modelarts.task.id" in attrs:
-            key: tuple[str, Any] = ("task", attrs["modelarts.log.offset"])
-        elif "log.file.name" in attrs:
-            key = ("v1", attrs["modelarts.log.offset"])
-        elif record["event_name"] == "modelarts.training_job.event":
-            key = ("event", record["body"])
-        else:
-            key = ("update", (attrs["modelarts.service.update.time"], attrs["modelarts.service.update.result"]))
-        by_kind[key[0]][key[1]].add((str(record["body"]), attrs["log.record.uid"]))
+    by_kind = classify(received)
 
     # Every line, event and state is there; each copy of one carries the same uid and body.
     assert {o: next(iter(c))[0] for o, c in by_kind["task"].items()} == line_offsets(task.data)

@@ -33,6 +33,7 @@ from collector_plugin.plugins import load_sources
 from collector_plugin.receiver import Receiver, build_receiver
 from collector_plugin.simulator import Scenario, Simulator
 from collector_plugin.simulator.scenario import TaskLog
+from collector_plugin.simulator.server import OBS_OBJECT, PREVIEW
 from collector_plugin.testing import MemoryTransport
 
 try:
@@ -163,9 +164,16 @@ async def test_collector_unreachable_then_back_loses_nothing_and_memory_stays_bo
             for _ in range(6):
                 held.append(receiver.pipeline.queued_records)
                 await asyncio.sleep(0.05)
-        previews_during_outage = sim.count("/v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview")
-        await asyncio.sleep(0.5)
-        previews_later = sim.count("/v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview")
+        # Backpressure engaged: the queue cannot take another 200-line append and exports fail.
+        room = config.exporter.queue_size - 200
+        await until(lambda: receiver.pipeline.queued_records > room, 20, "the queue to fill during the outage")
+        await until(lambda: transport.refused > 0, 20, "an export to be refused")
+        held.append(receiver.pipeline.queued_records)
+        # Watch polling over ten more refused exports (a span of the receiver's own time, not ours).
+        previews_during_outage = sim.count(PREVIEW)
+        refused = transport.refused
+        await until(lambda: transport.refused >= refused + 10, 20, "ten more export retries")
+        previews_later = sim.count(PREVIEW)
         assert transport.refused > 0
         assert receiver.ready()[0] is False, "readiness must show the failing export"
         transport.down = False
@@ -199,7 +207,7 @@ async def test_api_storms_slow_the_receiver_but_every_target_keeps_going(tmp_pat
         )
         stop = asyncio.Event()
         run = asyncio.create_task(receiver.run(stop))
-        await asyncio.sleep(1.0)
+        await until(lambda: sim.count(PREVIEW) >= 1, 20, "the first preview request")
         log.append(lines(300, 300, "later"))
         await until(lambda: faults.pending == 0, 30, "every injected fault to be met")
         log.append(lines(600, 100, "after"))
@@ -349,17 +357,50 @@ def write_cli_config(tmp: Path, sim: Simulator, endpoint: str, **exporter: Any) 
     return path
 
 
-def drain(proc: subprocess.Popen[bytes]) -> list[bytes]:
-    """Read a child's output in a thread (a full pipe would stall it); the list fills as it reads."""
-    chunks: list[bytes] = []
+class Drained(list[bytes]):
+    """A child's output, read in a thread (a full pipe would stall it); fills as it reads."""
 
-    def read() -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__()
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
-            chunks.append(chunk)
+            self.append(chunk)
 
-    threading.Thread(target=read, daemon=True).start()
-    return chunks
+    def text(self, timeout: float = 30) -> str:
+        """All of it, once the child closed its end (call after it exited)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the child's output did not end"
+        return b"".join(self).decode(errors="replace")
+
+
+def drain(proc: subprocess.Popen[bytes]) -> Drained:
+    return Drained(proc)
+
+
+def distinct_offsets(collector: RotelCollector) -> set[int]:
+    return {r["attributes"]["modelarts.log.offset"] for r in collector.records()}
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def reads(sim: Simulator) -> int:
+    """Task log reads so far: previews and OBS downloads."""
+    return sim.count(PREVIEW) + sim.count(OBS_OBJECT)
+
+
+def read_past(sim: Simulator, mark: int, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """True once the receiver made ``mark`` task log reads (or exited: its output says why)."""
+    return lambda: reads(sim) >= mark or proc.poll() is not None
 
 
 def _small_disk() -> None:
@@ -384,13 +425,16 @@ def test_full_disk_is_reported_and_nothing_is_lost(tmp_path: Path) -> None:
             output = drain(full)
             try:
                 for i in range(30):
+                    # Each append is read by a poll of its own, so there are many commits to fail.
+                    seen = reads(sim)
                     log.append(lines(600 + i * 100, 100, "growing"))
-                    time.sleep(0.1)
-                collector.records(wait_for=3600, timeout=30)
+                    wait_until(read_past(sim, seen + 2, full), "a read of the new lines")
+                wanted = {offset for offset, _ in served_lines(log)}
+                wait_until(lambda: wanted <= distinct_offsets(collector), "every line while the disk is full")
             finally:
                 os.kill(full.pid, signal.SIGTERM)
                 full.wait(timeout=30)
-            text = b"".join(output).decode(errors="replace")
+            text = output.text()
             assert "checkpoint commit failed" in text, text[-3000:]
             assert "disk" in text
             assert "Traceback" not in text
@@ -399,11 +443,12 @@ def test_full_disk_is_reported_and_nothing_is_lost(tmp_path: Path) -> None:
             again = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
             drain(again)
             try:
-                received = collector.records(wait_for=len(served_lines(log)), timeout=30)
-                time.sleep(0.5)
+                wanted = {offset for offset, _ in served_lines(log)}
+                wait_until(lambda: wanted <= distinct_offsets(collector), "every line after the restart")
             finally:
                 os.kill(again.pid, signal.SIGTERM)
                 assert again.wait(timeout=30) == 0
+            collector.stop()  # rotel prints what it acknowledged before it exits
             received = collector.records()
     finally:
         collector.stop()
@@ -444,17 +489,17 @@ def test_sigkill_many_times_loses_nothing(tmp_path: Path) -> None:
             crash.write_config(config, sim, collector)
             log = tmp_path / "receiver.log"
             for _ in range(12):
+                before = sim.count()
                 proc = crash.start(config, log)
-                time.sleep(rng.uniform(0.3, 2.5))
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+                # After 1..30 API calls of this run: the first ones come before any commit.
+                crash.kill_after_random_progress(proc, sim, rng, most=30, least=1, since=before)
                 task.append(crash.lines(written, 400))
                 written += 400
             proc = crash.start(config, log)
-            collector.records(wait_for=written, timeout=60)
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+            wanted = {offset for offset, _ in served_lines(task)}
+            wait_until(lambda: wanted <= distinct_offsets(collector), "every line after the last kill")
+            crash.stop_cleanly(proc, log)
+            collector.stop()  # rotel prints what it acknowledged before it exits
             received = collector.records()
     finally:
         collector.stop()

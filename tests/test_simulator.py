@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.simulator import (
     ALL_QUIRKS,
+    CallCount,
+    FlowLimit,
     LogGenerator,
     Scenario,
     Simulator,
@@ -26,6 +28,7 @@ from collector_plugin.simulator import (
     serve,
 )
 from collector_plugin.simulator import server as srv
+from collector_plugin.simulator.gateway import Gateway
 
 MULTIBYTE = "aé中文🚀\r\n"  # 1-, 2-, 3- and 4-byte characters plus CRLF
 
@@ -725,3 +728,181 @@ def test_stop_drops_kept_alive_connections() -> None:
         sim.stop()
         with pytest.raises(httpx.TransportError):
             c.get(v1(sim, "/services"))
+
+
+# ---- gateway flow control --------------------------------------------------------------------------
+
+
+def over_limit_body(calls: int, per: str) -> dict[str, str]:
+    return {"error_code": "APIG.0308", "error_msg": f"The request is over ratelimit,limit:{calls},time:1 {per}"}
+
+
+def test_flow_limit_per_second_refuses_per_credential_until_the_window_frees() -> None:
+    clock = FakeClock()
+    with Simulator(Scenario(), flow_limit="3/s", token="static-tok", clock=clock) as sim:
+        url = sim.url + v1(sim, "/services")
+        signed = AkSkAuth(sim.ak, sim.sk)
+        assert [httpx.get(url, auth=signed).status_code for _ in range(3)] == [200, 200, 200]
+        refused = httpx.get(url, auth=signed)
+        assert refused.status_code == 429
+        assert refused.json() == over_limit_body(3, "second")
+        assert refused.headers["Retry-After"] == "1"
+        # Another credential has its own window.
+        assert httpx.get(url, headers={"X-Auth-Token": "static-tok"}).status_code == 200
+        clock.now += 0.5
+        assert httpx.get(url, auth=signed).status_code == 429
+        clock.now += 0.5
+        assert httpx.get(url, auth=signed).status_code == 200
+        assert sim.calls(srv.SERVICES) == CallCount(served=5, refused=2)
+        assert sim.count(srv.SERVICES, status=429) == 2
+
+
+def test_flow_limit_per_minute_says_so_and_retry_after_counts_the_seconds_left() -> None:
+    clock = FakeClock()
+    with (
+        Simulator(Scenario(), flow_limit=FlowLimit(2, "minute"), clock=clock) as sim,
+        httpx.Client(base_url=sim.url, auth=AkSkAuth(sim.ak, sim.sk)) as c,
+    ):
+        job = sim.scenario.add_job()
+        assert c.get(v2(sim, f"/training-jobs/{job.id}")).status_code == 200
+        clock.now += 10
+        assert c.get(v2(sim, f"/training-jobs/{job.id}/events")).status_code == 200
+        clock.now += 10
+        refused = c.get(v2(sim, f"/training-jobs/{job.id}"))
+        assert (refused.status_code, refused.json()) == (429, over_limit_body(2, "minute"))
+        assert refused.headers["Retry-After"] == "40"
+        assert sim.call_counts() == {
+            srv.JOB_DETAILS: CallCount(served=1, refused=1),
+            srv.EVENTS: CallCount(served=1, refused=0),
+        }
+        sim.reset_requests()
+        assert sim.call_counts() == {}
+        assert c.get(v2(sim, f"/training-jobs/{job.id}")).status_code == 429  # the window outlives a reset
+
+
+def test_obs_downloads_are_not_flow_controlled() -> None:
+    with (
+        Simulator(Scenario(), flow_limit="1/min") as sim,
+        httpx.Client(base_url=sim.url, auth=AkSkAuth(sim.ak, sim.sk)) as c,
+    ):
+        job = sim.scenario.add_job()
+        job.task("worker-0").append(b"abc")
+        url = obs_link(sim, c, job.id)
+        assert [httpx.get(url).status_code for _ in range(5)] == [200] * 5
+        assert sim.calls(srv.OBS_OBJECT) == CallCount(served=5, refused=0)
+        assert c.get(v2(sim, f"/training-jobs/{job.id}/tasks/worker-0/logs/url")).status_code == 429
+
+
+def test_no_flow_limit_by_default_and_it_can_be_turned_on_while_running(sim: Simulator, client: httpx.Client) -> None:
+    assert all(client.get(v1(sim, "/services")).status_code == 200 for _ in range(20))
+    sim.flow_limit = FlowLimit(1)
+    statuses = [client.get(v1(sim, "/services")).status_code for _ in range(2)]
+    assert statuses == [200, 429]
+    assert sim.calls(srv.SERVICES) == CallCount(served=21, refused=1)
+
+
+def test_unauthenticated_calls_do_not_use_up_the_limit() -> None:
+    with Simulator(Scenario(), flow_limit="1/min") as sim:
+        url = sim.url + v1(sim, "/services")
+        assert [httpx.get(url).status_code for _ in range(3)] == [401] * 3
+        assert httpx.get(url, auth=AkSkAuth(sim.ak, sim.sk)).status_code == 200
+
+
+@pytest.mark.parametrize("spec", ["", "10", "0/s", "10/hour", "-1/s", "ten/s"])
+def test_bad_flow_limit_is_refused_naming_the_value(spec: str) -> None:
+    with pytest.raises(ValueError, match="flow limit"):
+        Simulator(flow_limit=spec or " ")
+
+
+def test_flow_limit_spellings() -> None:
+    assert FlowLimit.parse("10/s") == FlowLimit.parse(" 10 / second ") == FlowLimit(10, "second")
+    assert FlowLimit.parse("600/min") == FlowLimit.parse("600/MINUTE") == FlowLimit(600, "minute")
+
+
+def test_simulate_command_refuses_a_bad_flow_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from collector_plugin.cli import main
+
+    assert main(["simulate", "--flow-limit", "fast"]) == 1
+    err = capsys.readouterr().err
+    assert "--flow-limit" in err and "'fast'" in err
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.integers(1, 5),
+    per=st.sampled_from(["second", "minute"]),
+    gaps=st.lists(st.floats(0, 1.5), min_size=1, max_size=40),
+)
+def test_gateway_admits_at_most_the_limit_in_any_window(calls: int, per: str, gaps: list[float]) -> None:
+    """Against a model: a call is refused exactly when ``calls`` admitted ones lie in the last period."""
+    clock = FakeClock()
+    limit = FlowLimit(calls, per)
+    gateway = Gateway(limit, clock)
+    scale = limit.period
+    admitted: list[float] = []
+    for gap in gaps:
+        clock.now += gap * scale
+        recent = [t for t in admitted if t > clock.now - limit.period]
+        reply = gateway.admit("AK", "/x")
+        if len(recent) < calls:
+            assert reply is None
+            admitted.append(clock.now)
+        else:
+            assert reply is not None and reply.status == 429
+            wait = int(reply.headers["Retry-After"])
+            assert wait >= 1 and recent[0] + limit.period - clock.now <= wait < recent[0] + limit.period - clock.now + 1
+    assert gateway.counts()["/x"] == CallCount(served=len(admitted), refused=len(gaps) - len(admitted))
+
+
+# ---- OBS lag -------------------------------------------------------------------------------------
+
+
+def test_obs_object_lags_behind_the_live_log_that_preview_shows() -> None:
+    clock = FakeClock()
+    scenario = Scenario(clock=clock)
+    with (
+        Simulator(scenario, obs_lag=30, clock=clock) as sim,
+        httpx.Client(base_url=sim.url, auth=AkSkAuth(sim.ak, sim.sk)) as c,
+    ):
+        job = sim.scenario.add_job()
+        log = job.task("worker-0")
+        preview = v2(sim, f"/training-jobs/{job.id}/tasks/worker-0/logs/preview")
+        log.append(b"old\n")
+        assert httpx.get(obs_link(sim, c, job.id)).content == b""  # OBS has not received it yet
+        clock.now += 31
+        log.append(b"new\n")
+        assert c.get(preview).json()["content"] == "old\nnew\n"
+        url = obs_link(sim, c, job.id)
+        assert httpx.get(url).content == b"old\n"
+        beyond = httpx.get(url, headers={"Range": "bytes=4-"})
+        assert (beyond.status_code, beyond.headers["Content-Range"]) == (416, "bytes */4")
+        part = httpx.get(url, headers={"Range": "bytes=1-"})
+        assert (part.status_code, part.content, part.headers["Content-Range"]) == (206, b"ld\n", "bytes 1-3/4")
+        clock.now += 30
+        assert httpx.get(url).content == b"old\nnew\n"
+        sim.obs_lag = 0
+        log.append(b"now\n")
+        assert httpx.get(url).content == b"old\nnew\nnow\n"
+
+
+def test_negative_obs_lag_is_refused() -> None:
+    with pytest.raises(ValueError, match="obs_lag"):
+        Simulator(obs_lag=-1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0, 10), st.binary(max_size=20)), max_size=30), probe=st.floats(-5, 400))
+def test_task_log_size_at_is_the_size_after_the_last_append_by_then(
+    steps: list[tuple[float, bytes]], probe: float
+) -> None:
+    clock = FakeClock()
+    start = clock.now
+    log = Scenario(clock=clock).add_job().task("worker-0")
+    history = [(start, 0)]
+    for gap, data in steps:
+        clock.now += gap
+        history.append((clock.now, log.append(data)))
+    when = start + probe
+    sizes = [size for t, size in history if t <= when]
+    assert log.size_at(when) == (sizes[-1] if sizes else 0)
+    assert log.data[: log.size_at(when)] == b"".join(data for _, data in steps)[: log.size_at(when)]

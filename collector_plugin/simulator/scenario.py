@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,26 +31,48 @@ def _as_bytes(data: bytes | bytearray | str) -> bytes | bytearray:
     return data.encode() if isinstance(data, str) else data
 
 
-class TaskLog:
-    """A log that only grows, until the job restarts and it starts again shorter."""
+Clock = Callable[[], float]
 
-    def __init__(self, name: str, lock: threading.RLock, data: bytes | str = b"") -> None:
+
+class TaskLog:
+    """A log that only grows, until the job restarts and it starts again shorter.
+
+    It remembers when it reached each size (by ``clock``), so a copy that lags behind (the OBS
+    object) can be served as it was some seconds ago.
+    """
+
+    def __init__(self, name: str, lock: threading.RLock, data: bytes | str = b"", *, clock: Clock = time.time) -> None:
         self.name = name
         self._lock = lock
+        self._clock = clock
         self._data = bytearray(_as_bytes(data))
+        self._times = [clock()]
+        self._sizes = [len(self._data)]
         self.restarts = 0
+
+    def _remember(self) -> None:
+        self._times.append(self._clock())
+        self._sizes.append(len(self._data))
 
     def append(self, data: bytes | bytearray | str) -> int:
         """Append bytes (or UTF-8 text); return the new size."""
         with self._lock:
             self._data += _as_bytes(data)
+            self._remember()
             return len(self._data)
 
     def restart(self, data: bytes | str = b"") -> None:
         """Replace the log with ``data``: what a reader sees when the job restarts."""
         with self._lock:
             self._data = bytearray(_as_bytes(data))
+            self._times, self._sizes = [self._clock()], [len(self._data)]
             self.restarts += 1
+
+    def size_at(self, when: float) -> int:
+        """The size the log had at clock time ``when`` (0 before it began; since its last restart)."""
+        with self._lock:
+            i = bisect.bisect_right(self._times, when)
+            return self._sizes[i - 1] if i else 0
 
     @property
     def data(self) -> bytes:
@@ -83,15 +105,25 @@ class Event:
 class TrainingJob:
     """A v2 training job: tasks with logs, a phase, and events kept in time order."""
 
-    def __init__(self, job_id: str, name: str, tasks: Iterable[str], phase: str, lock: threading.RLock) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        name: str,
+        tasks: Iterable[str],
+        phase: str,
+        lock: threading.RLock,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
         self.id = job_id
         self.name = name
         self._lock = lock
+        self._clock = clock
         self._phase = phase
         self.create_time = now_ms()
         self.start_time = self.create_time
         self.end_time: int | None = None if phase in ("Running", "Pending", "Creating") else self.create_time
-        self._tasks = {t: TaskLog(t, lock) for t in tasks}
+        self._tasks = {t: TaskLog(t, lock, clock=clock) for t in tasks}
         self._events: list[Event] = []
         self._seq = 0
 
@@ -122,7 +154,7 @@ class TrainingJob:
 
     def add_task(self, name: str) -> TaskLog:
         with self._lock:
-            return self._tasks.setdefault(name, TaskLog(name, self._lock))
+            return self._tasks.setdefault(name, TaskLog(name, self._lock, clock=self._clock))
 
     def add_event(self, message: str, *, level: str = "Info", source: str = "Job", time_ms: int | None = None) -> Event:
         """Insert an event in time order (a late event with an older time lands where it belongs)."""
@@ -145,11 +177,20 @@ class TrainingJob:
 class V1Job:
     """An old-API job version with named log files."""
 
-    def __init__(self, job_id: int, version_id: int, files: Mapping[str, bytes | str], lock: threading.RLock) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        version_id: int,
+        files: Mapping[str, bytes | str],
+        lock: threading.RLock,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
         self.job_id = job_id
         self.version_id = version_id
         self._lock = lock
-        self._files = {name: TaskLog(name, lock, data) for name, data in files.items()}
+        self._clock = clock
+        self._files = {name: TaskLog(name, lock, data, clock=clock) for name, data in files.items()}
 
     @property
     def file_names(self) -> list[str]:
@@ -167,7 +208,7 @@ class V1Job:
     def append(self, file_name: str, data: bytes | str) -> int:
         """Append to a file, creating it if the job starts writing a new one."""
         with self._lock:
-            log = self._files.setdefault(file_name, TaskLog(file_name, self._lock))
+            log = self._files.setdefault(file_name, TaskLog(file_name, self._lock, clock=self._clock))
             return log.append(data)
 
 
@@ -277,10 +318,14 @@ def edge_detail(nodes: int, failed: int = 0, operation: str = "deploy") -> list[
 
 
 class Scenario:
-    """Everything the simulated project holds. Thread-safe; mutate it while the server runs."""
+    """Everything the simulated project holds. Thread-safe; mutate it while the server runs.
 
-    def __init__(self, project_id: str = DEFAULT_PROJECT_ID, *, seed: int = 0) -> None:
+    ``clock`` stamps log growth (see :meth:`TaskLog.size_at`); give the simulator the same one.
+    """
+
+    def __init__(self, project_id: str = DEFAULT_PROJECT_ID, *, seed: int = 0, clock: Clock = time.time) -> None:
         self.project_id = project_id
+        self.clock = clock
         self.lock = threading.RLock()
         self.generator = LogGenerator(seed)
         self._gen_lock = threading.Lock()
@@ -302,7 +347,7 @@ class Scenario:
     ) -> TrainingJob:
         with self.lock:
             job_id = job_id or self._uuid()
-            job = TrainingJob(job_id, name or f"job-{job_id[:8]}", tasks, phase, self.lock)
+            job = TrainingJob(job_id, name or f"job-{job_id[:8]}", tasks, phase, self.lock, clock=self.clock)
             self._jobs[job_id] = job
             return job
 
@@ -325,7 +370,7 @@ class Scenario:
 
     def add_v1_job(self, job_id: int, version_id: int, files: Mapping[str, bytes | str] | None = None) -> V1Job:
         with self.lock:
-            job = V1Job(job_id, version_id, files or {}, self.lock)
+            job = V1Job(job_id, version_id, files or {}, self.lock, clock=self.clock)
             self._v1_jobs[(job_id, version_id)] = job
             return job
 

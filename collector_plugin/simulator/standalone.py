@@ -6,6 +6,8 @@ import signal
 import threading
 from typing import Any, TextIO
 
+from collector_plugin.simulator.demo import receiver_yaml
+from collector_plugin.simulator.gateway import FlowLimit
 from collector_plugin.simulator.scenario import Scenario
 from collector_plugin.simulator.server import Simulator
 
@@ -33,47 +35,22 @@ def describe(sim: Simulator) -> str:
     return "\n".join(lines)
 
 
-def receiver_yaml(sim: Simulator) -> str:
-    sc = sim.scenario
-    out = [
-        "modelarts:",
-        f"  endpoint: {sim.url}",
-        f"  project_id: {sim.project_id}",
-        "  auth:",
-        f"    ak: {sim.ak}",
-        f"    sk: {sim.sk}",
-        "sources:",
-        "  training_task_logs:",
-        "    start_at: beginning",
-        "    jobs:",
-    ]
-    out += [f"      - id: {j.id}" for j in sc.jobs]
-    out += ["  training_job_events:", "    jobs:"]
-    out += [f"      - id: {j.id}" for j in sc.jobs]
-    out += ["  training_job_logs_v1:", "    start_at: beginning", "    jobs:"]
-    out += [f"      - job_id: {v.job_id}\n        version_id: {v.version_id}" for v in sc.v1_jobs]
-    out += ["  service_update_logs:", "    services:"]
-    out += [f"      - id: {s.id}" for s in sc.services if s.infer_type in ("real-time", "edge")]
-    out += [
-        "exporter:",
-        "  protocol: http/protobuf",
-        "  endpoint: http://127.0.0.1:4318",
-        "checkpoint:",
-        "  path: ./checkpoints.db",
-    ]
-    return "\n".join(out)
-
-
 def serve(
     port: int = 8080,
     host: str = "127.0.0.1",
     seed: int = 0,
     grow_bps: int = 2048,
     *,
+    flow_limit: FlowLimit | str | None = None,
+    obs_lag: float = 0.0,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Run a default-scenario simulator with growing logs until SIGINT/SIGTERM (or ``stop`` is set)."""
+    """Run a default-scenario simulator with growing logs until SIGINT/SIGTERM (or ``stop`` is set).
+
+    ``flow_limit`` (``"10/s"``, ``"600/min"``) turns on APIG flow control per credential;
+    ``obs_lag`` seconds makes OBS objects trail the live log.
+    """
     import sys
 
     stream = out or sys.stdout
@@ -86,7 +63,7 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
-    sim = Simulator(Scenario.default(seed=seed), host=host, port=port)
+    sim = Simulator(Scenario.default(seed=seed), host=host, port=port, flow_limit=flow_limit, obs_lag=obs_lag)
     try:
         sim.start()
         if grow_bps > 0:
