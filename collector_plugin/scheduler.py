@@ -172,9 +172,10 @@ class Scheduler:
         ceiling = max(base, float(rt.config.max_poll_interval))
         interval = base
         if self.jitter and not state.draining:
-            # Spread first polls over up to 10 ms per target (at most the interval, at most 5 s):
-            # a thousand targets do not poll in one wave, a handful start at once.
-            spread = min(base, 5.0, JITTER_PER_TARGET * len(self._targets[rt.name]))
+            # Spread first polls over up to 10 ms per target, at most a second (or the interval):
+            # every target is read within about a second of start when the budget allows, and
+            # the budget, not the start order, decides who goes first when it does not.
+            spread = min(base, 1.0, JITTER_PER_TARGET * len(self._targets[rt.name]))
             await _sleep_or_stop(self._stop, random.uniform(0, spread), state.wake)
         reader: Reader | None = None
         loop = asyncio.get_running_loop()
