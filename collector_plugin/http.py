@@ -66,6 +66,10 @@ def parse_model(model: type[M], data: Any, endpoint: str) -> M:
         raise ResponseFormatError(endpoint, field, first["msg"]) from None
 
 
+# Sends of one call the gateway may refuse, per allowed attempt, before the poll gives up for now.
+THROTTLED_RESENDS = 4
+
+
 class ApiClient:
     """Async client for one API (``auth`` signs its requests) and for pre-signed links (unsigned)."""
 
@@ -221,7 +225,7 @@ class ApiClient:
         return permit
 
     async def _send_with_retries(self, endpoint: str, build: Any) -> httpx.Response:
-        attempt = 0
+        attempt = throttled = 0
         while True:
             attempt += 1
             permit = await self._admit()
@@ -254,9 +258,13 @@ class ApiClient:
             err = api_error(response, endpoint, self.retryable_codes)
             self.metrics.api_errors.labels(endpoint, err.error_code or str(err.status)).inc()
             if self.budget.observe(permit, err.status, err.error_code, err.error_msg, err.retry_after):
-                self.metrics.api_retries.labels(endpoint, "throttled").inc()
-                attempt -= 1  # the gateway's flow control, not a failure: wait for budget, send again
-                continue
+                throttled += 1
+                if throttled <= THROTTLED_RESENDS * max(1, self.retry.max_attempts):
+                    self.metrics.api_retries.labels(endpoint, "throttled").inc()
+                    attempt -= 1  # the gateway's flow control, not a failure: wait for budget, send again
+                    continue
+                self.metrics.api_requests.labels(endpoint, "throttled").inc()
+                raise err  # refused again and again: the scheduler retries the poll, without backing off
             if err.retryable and not self.retry.exhausted(attempt):
                 self.metrics.api_retries.labels(endpoint, str(err.status)).inc()
                 pause = self.retry.delay(attempt, err.retry_after)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from collector_plugin.backoff import Backoff
-from collector_plugin.budget import CALL, CallTag, Priority
+from collector_plugin.budget import CALL, CallTag, Priority, is_throttle
+from collector_plugin.errors import ApiError
 from collector_plugin.records import Span
 from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target
 from collector_plugin.telemetry import Metrics
@@ -203,6 +204,11 @@ class Scheduler:
                 except Exception as exc:
                     reader = None  # reopen at the last cursor handed to the pipeline
                     state.last_poll_at = loop.time()
+                    if _throttled(exc):  # the API's flow control: wait our turn, it is not the target's fault
+                        state.last_error = f"throttled: {exc}"
+                        self.metrics.target_errors.labels(rt.name, "throttled").inc()
+                        await _sleep_or_stop(self._stop, base, state.wake)
+                        continue
                     self._failed_poll(rt.name, key, state, exc)
                     if draining and state.failures >= 3:
                         break
@@ -283,6 +289,10 @@ class Scheduler:
                     gauge.remove(source, key)
             elif value is not None:
                 gauge.labels(source, key).set(value)
+
+
+def _throttled(exc: Exception) -> bool:
+    return isinstance(exc, ApiError) and is_throttle(exc.status, exc.error_code)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

@@ -289,7 +289,7 @@ class FakeLog:
 
     def obs(self, request: httpx.Request) -> httpx.Response:
         first, _, last = request.headers["range"].removeprefix("bytes=").partition("-")
-        a, b = int(first), min(int(last), len(self.data) - 1)
+        a, b = int(first), min(int(last) if last else len(self.data) - 1, len(self.data) - 1)
         mode = self.obs_mode
         if mode == "403":
             self.obs_mode = "206"

@@ -219,7 +219,7 @@ async def test_log_restarted_and_grown_past_the_cursor_is_still_caught(make_sim:
 
 
 async def test_large_log_rewritten_while_tailed_through_obs_is_caught(make_sim: Any, scenario: Scenario) -> None:
-    old = LogGenerator(21).chunk(300_000)  # over TAIL_VIA_OBS_BYTES: caught up, it is tailed via OBS
+    old = LogGenerator(21).chunk(300_000)  # caught up, it is tailed via OBS
     log = add_log(scenario, old)
     sim = make_sim()
     source, client = await make_source(sim, start_at="beginning")

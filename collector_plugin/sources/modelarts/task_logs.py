@@ -7,11 +7,12 @@ it while the reader's position lies inside it; a reader further behind (first st
 ranged request, streamed, yielding a span per :data:`OBS_CHUNK_BYTES`, so memory stays bounded and
 progress is committed as it goes.
 
-A reader that has caught up on a log larger than :data:`TAIL_VIA_OBS_BYTES` reads what is new
-with ``Range: bytes=position-`` on the (cached) link instead of the preview: one request either
-way, but only the new bytes travel instead of up to 5 MB of JSON per poll. The answer's
-``Content-Range`` gives the log size; when the OBS object is behind the position (or the link
-does not say its size) the reader falls back to the preview, which also notices restarts.
+A reader that has caught up reads what is new with ``Range: bytes=position-`` on the (cached,
+renewed before it expires) link instead of the preview: only the new bytes travel instead of up
+to 5 MB of JSON per poll, and OBS reads spend none of the API budget (only a link, every few
+minutes, does). The answer's ``Content-Range`` gives the log size. When the OBS object is
+behind the position (it lags the preview by a few seconds, or the log restarted shorter) or the
+link does not say its size, the reader falls back to the preview, which also notices restarts.
 Links carry credentials: they never reach a log message, error or record.
 """
 
@@ -47,7 +48,6 @@ from collector_plugin.sources.modelarts.records import task_log_attributes
 
 SOURCE = "training_task_logs"
 OBS_CHUNK_BYTES = 256 << 10  # a span per 256 KiB of a streamed OBS range: the event loop breathes between spans
-TAIL_VIA_OBS_BYTES = 256 << 10  # caught up on a log this large: read new bytes from OBS, not the preview
 PREVIEW_SPAN_BYTES = 256 << 10
 LINK_MAX_AGE_S = 240.0  # links live 5 minutes: fetch a fresh one before that
 MAX_LINK_RENEWALS = 5  # consecutive 403s without progress before giving up on this poll
@@ -66,6 +66,7 @@ class TaskJobConfig(BaseModel):
 class TaskLogsConfig(Discoverable, LineSourceConfig):
     jobs: list[TaskJobConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+
 
 
 class PreviewResponse(BaseModel):
@@ -134,6 +135,7 @@ class TaskLogReader(ByteLogReader):
         self._obs_sizes_known = True
         self._tail_via_obs = False
 
+
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         if self.assembler is not None and not draining and self._tail_via_obs:
             tailed = False
@@ -176,7 +178,7 @@ class TaskLogReader(ByteLogReader):
         if flushed is not None:
             yield flushed
         self.lag(size)
-        self._tail_via_obs = self._obs_sizes_known and size >= TAIL_VIA_OBS_BYTES and self.position >= size
+        self._tail_via_obs = self._obs_sizes_known and self.position >= size
 
     async def _tail_from_obs(self) -> AsyncIterator[Span | None]:
         """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
@@ -195,8 +197,10 @@ class TaskLogReader(ByteLogReader):
         size = self._obs_size
         if size is None:
             self._obs_sizes_known = False  # this OBS does not say its size: the preview it is
-        if size is None or size < self.position:
             self._tail_via_obs = False
+            return
+        if size < self.position:
+            self._tail_via_obs = False  # lagging or restarted shorter: the preview says which
             return
         flushed = self.flush_span(draining=False)
         if flushed is not None:
