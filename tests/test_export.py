@@ -722,6 +722,43 @@ async def test_a_span_larger_than_max_bytes_still_passes_alone(make_pipeline: Ma
     assert len(transport.records) == 21
 
 
+async def test_a_waiting_large_span_is_not_overtaken_by_smaller_ones(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(transport, store, queue_max_bytes=2048)
+    first, big, later = span("a", 1, "1"), padded("b", 20, "big", 200), span("c", 1, "1")
+    transport.block()
+    await pipeline.put(first)
+    waiting_big = asyncio.create_task(pipeline.put(big))  # needs the queue empty
+    await yield_to_loop()
+    waiting_later = asyncio.create_task(pipeline.put(later))  # would fit now, but comes second
+    await yield_to_loop()
+    assert not waiting_big.done()
+    assert not waiting_later.done()
+    assert pipeline.queued_records == 1
+    transport.release()
+    await asyncio.wait_for(asyncio.gather(waiting_big, waiting_later), 5)
+    assert await pipeline.flush(5)
+    uids = transport.uids()
+    assert uids.index(first.records[0].uid) < uids.index(big.records[0].uid) < uids.index(later.records[0].uid)
+
+
+async def test_a_cancelled_waiting_put_does_not_block_the_next(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(transport, store, queue_size=2)
+    transport.block()
+    await pipeline.put(span("a", 2, "1"))
+    cancelled = asyncio.create_task(pipeline.put(span("b", 1, "1")))
+    await yield_to_loop()
+    nxt = asyncio.create_task(pipeline.put(span("c", 1, "1")))
+    await yield_to_loop()
+    cancelled.cancel()
+    transport.release()
+    await asyncio.wait_for(nxt, 5)
+    assert cancelled.cancelled()
+    assert await pipeline.flush(5)
+    assert store.cursors == {"a": "1", "c": "1"}
+
+
 class SlowAckTransport(MemoryTransport):
     """Acknowledges after a few loop turns, so puts, batches and acks interleave."""
 

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from collector_plugin.backoff import Backoff
@@ -78,6 +79,7 @@ class Pipeline:
         self._held_bytes = 0  # their encoded bytes
         self._changed = asyncio.Event()  # pending grew, or a flush was asked for
         self._space = asyncio.Condition()
+        self._waiting: deque[object] = deque()  # puts waiting for room, in arrival order
         self._settled = asyncio.Condition()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._senders: set[asyncio.Task[None]] = set()
@@ -108,8 +110,7 @@ class Pipeline:
         queued = QueuedSpan(span, [encode_framed_log_record(r) for r in span.records], -1)
         n = len(queued.framed)
         if n:
-            async with self._space:
-                await self._space.wait_for(lambda: self._has_room(n, queued.nbytes))
+            await self._wait_for_room(n, queued.nbytes)
         queued.ident = self._ledger.open(span.target, span.cursor, n)
         if n:
             self._held += n
@@ -122,6 +123,20 @@ class Pipeline:
         # Give the batcher and the senders a turn: a producer that never waits would otherwise
         # hold the loop until the queue is full, and acknowledgements would queue up behind it.
         await asyncio.sleep(0)
+
+    async def _wait_for_room(self, nrecords: int, nbytes: int) -> None:
+        """Wait, first come first served, until the span fits: a span that needs the queue empty
+        must not be overtaken for ever by smaller ones that fit sooner."""
+        if not self._waiting and self._has_room(nrecords, nbytes):
+            return
+        token = object()
+        async with self._space:
+            self._waiting.append(token)
+            try:
+                await self._space.wait_for(lambda: self._waiting[0] is token and self._has_room(nrecords, nbytes))
+            finally:  # also when cancelled: the next in line must not wait for us
+                self._waiting.remove(token)
+                self._space.notify_all()
 
     def _has_room(self, nrecords: int, nbytes: int) -> bool:
         return self._held == 0 or (
@@ -232,7 +247,7 @@ class Pipeline:
             except ExportError as exc:
                 self._note_failure("refused", str(exc))
                 await self._recovered(seq)
-                del payload
+                del payload  # the halves are assembled anew: free this copy while they are sent
                 await self._isolate(slices, nrecords, nbytes, exc, seq)
                 return
             except Exception as exc:  # a transport bug must not stall delivery silently: retry, loudly
