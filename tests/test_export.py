@@ -18,10 +18,13 @@ from collector_plugin.backoff import parse_retry_after
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.errors import ConfigError, ExportError
 from collector_plugin.export import (
+    REQUEST_OVERHEAD,
+    Batcher,
     ExporterSettings,
     GrpcTransport,
     HttpTransport,
     Pipeline,
+    QueuedSpan,
     RetryableExportError,
     build_pipeline,
     make_transport,
@@ -812,3 +815,31 @@ def test_bytes_held_never_exceed_the_bound_but_for_one_span(
     assert observed and max(observed) <= max(bound, largest)
     assert len(transport.records) == sum(n for n, _ in sizes)
     assert store.cursors == {"t": str(len(spans) - 1)}
+
+
+# --- batcher -------------------------------------------------------------------------------------
+
+
+@given(
+    sizes=st.lists(st.lists(st.integers(1, 900), max_size=12), min_size=1, max_size=10),
+    max_records=st.integers(1, 9),
+    max_bytes=st.integers(1024, 4096),
+)
+def test_batches_cover_the_queue_in_order_within_count_and_bytes(
+    sizes: list[list[int]], max_records: int, max_bytes: int
+) -> None:
+    header = 40
+    batcher = Batcher(BatchConfig(max_records=max_records, max_bytes=max_bytes), lambda service: header)
+    queued = [QueuedSpan(span(f"t{i}", len(lens), str(i)), [b"r" * n for n in lens], i) for i, lens in enumerate(sizes)]
+    for q in queued:
+        batcher.add(q, 0.0)
+    taken: list[tuple[int, int]] = []
+    while (batch := batcher.take(0.0)) is not None:
+        records = [(s.ident, i) for s, start, stop in batch.slices for i in range(start, stop)]
+        payload = sum(len(s.framed[i]) for s, start, stop in batch.slices for i in range(start, stop))
+        assert batch.nrecords == len(records) <= max_records
+        assert batch.nbytes == payload
+        assert len(records) == 1 or payload + header + REQUEST_OVERHEAD <= max_bytes
+        taken.extend(records)
+    assert taken == [(q.ident, i) for q in queued for i in range(len(q.framed))]
+    assert not batcher
