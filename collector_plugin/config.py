@@ -170,6 +170,11 @@ class BatchConfig(_Strict):
     max_delay: Duration = 0.2  # like the Collector's batch processor: latency matters more than request count
 
 
+# Encoded bytes held (pending + in flight) before sources wait: catching up a 96 MiB log must stay
+# well under 150 MB RSS, whatever the size of its records.
+DEFAULT_QUEUE_MAX_BYTES = 16 * 1024 * 1024
+
+
 class ExporterConfig(_Strict):
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     endpoint: str = ""
@@ -179,6 +184,9 @@ class ExporterConfig(_Strict):
     tls: TlsConfig = TlsConfig()
     batch: BatchConfig = BatchConfig()
     queue_size: int = Field(default=50_000, ge=1, description="Records held before sources wait.")
+    queue_max_bytes: int = Field(
+        default=DEFAULT_QUEUE_MAX_BYTES, ge=1024, description="Encoded bytes held before sources wait."
+    )
     max_in_flight: int = Field(
         default=1, ge=1, le=16, description="1 keeps every log in order at the collector; 2 overlaps round trips."
     )

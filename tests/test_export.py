@@ -11,20 +11,27 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector_plugin.backoff import parse_retry_after
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.errors import ConfigError, ExportError
 from collector_plugin.export import (
+    REQUEST_OVERHEAD,
+    Batcher,
     ExporterSettings,
     GrpcTransport,
     HttpTransport,
     Pipeline,
+    QueuedSpan,
     RetryableExportError,
+    build_pipeline,
     make_transport,
     parse_headers,
     resolve_exporter,
 )
+from collector_plugin.otlp import encode_framed_log_record
 from collector_plugin.records import Attributes, Record, Span
 from collector_plugin.telemetry import Metrics
 from collector_plugin.testing import MemoryCheckpointStore, MemoryTransport, decode_request
@@ -649,3 +656,190 @@ async def test_after_an_outage_batches_arrive_in_queue_order(make_pipeline: Make
     transport.recover()
     assert await pipeline.flush(10)
     assert transport.uids() == [r.uid for s in spans for r in s.records]
+
+
+# --- memory bounded by bytes ---------------------------------------------------------------------
+
+
+def padded(target: str, n: int, cursor: str, pad: int) -> Span:
+    """A span of ``n`` records whose bodies carry ``pad`` extra bytes each."""
+    prefix = f"{target}@{cursor}"
+    records = [Record(body=f"{prefix} line {i} " + "p" * pad, uid=f"{prefix}#{i}", observed_ns=i) for i in range(n)]
+    return Span(target, records, cursor)
+
+
+def resource(service: str) -> Attributes:
+    return Attributes([("service.name", service)])
+
+
+def encoded_size(s: Span) -> int:
+    return sum(len(encode_framed_log_record(r)) for r in s.records)
+
+
+async def yield_to_loop(turns: int = 20) -> None:
+    """Let every ready task run a few steps (no wall-clock time involved)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def test_put_waits_while_max_bytes_are_held_then_resumes(metrics: Metrics) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    spans = [padded("t", 4, str(i), 300) for i in range(3)]
+    size = encoded_size(spans[0])
+    cfg = ExporterConfig(queue_size=1000, queue_max_bytes=max(1024, size * 5 // 2), batch=BatchConfig(max_delay=0.001))
+    pipeline = build_pipeline(cfg, store, resource, metrics, {}, transport=transport)
+    await pipeline.start()
+    try:
+        transport.block()
+        await pipeline.put(spans[0])
+        await pipeline.put(spans[1])
+        third = asyncio.create_task(pipeline.put(spans[2]))
+        await yield_to_loop()
+        assert not third.done()  # records held: 8 of 1000; bytes held: 2 spans of a 2.5-span bound
+        assert pipeline.queued_bytes == 2 * size
+        transport.release()
+        await asyncio.wait_for(third, 5)
+        assert await pipeline.flush(5)
+        assert len(transport.records) == 12
+        assert store.cursors == {"t": "2"}
+        assert pipeline.queued_bytes == 0
+    finally:
+        await pipeline.close(2)
+
+
+async def test_a_span_larger_than_max_bytes_still_passes_alone(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(transport, store, queue_max_bytes=1024)
+    big, small = padded("t", 20, "big", 200), span("t", 1, "small")
+    assert encoded_size(big) > 4 * 1024
+    transport.block()
+    await asyncio.wait_for(pipeline.put(big), 5)  # an empty queue takes any span: no deadlock
+    assert pipeline.queued_bytes == encoded_size(big)
+    after = asyncio.create_task(pipeline.put(small))
+    await yield_to_loop()
+    assert not after.done()  # nothing joins the oversized span until it is acknowledged
+    transport.release()
+    await asyncio.wait_for(after, 5)
+    assert await pipeline.flush(5)
+    assert store.cursors == {"t": "small"}
+    assert len(transport.records) == 21
+
+
+async def test_a_waiting_large_span_is_not_overtaken_by_smaller_ones(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(transport, store, queue_max_bytes=2048)
+    first, big, later = span("a", 1, "1"), padded("b", 20, "big", 200), span("c", 1, "1")
+    transport.block()
+    await pipeline.put(first)
+    waiting_big = asyncio.create_task(pipeline.put(big))  # needs the queue empty
+    await yield_to_loop()
+    waiting_later = asyncio.create_task(pipeline.put(later))  # would fit now, but comes second
+    await yield_to_loop()
+    assert not waiting_big.done()
+    assert not waiting_later.done()
+    assert pipeline.queued_records == 1
+    transport.release()
+    await asyncio.wait_for(asyncio.gather(waiting_big, waiting_later), 5)
+    assert await pipeline.flush(5)
+    uids = transport.uids()
+    assert uids.index(first.records[0].uid) < uids.index(big.records[0].uid) < uids.index(later.records[0].uid)
+
+
+async def test_a_cancelled_waiting_put_does_not_block_the_next(make_pipeline: MakePipeline) -> None:
+    transport, store = MemoryTransport(), MemoryCheckpointStore()
+    pipeline = await make_pipeline(transport, store, queue_size=2)
+    transport.block()
+    await pipeline.put(span("a", 2, "1"))
+    cancelled = asyncio.create_task(pipeline.put(span("b", 1, "1")))
+    await yield_to_loop()
+    nxt = asyncio.create_task(pipeline.put(span("c", 1, "1")))
+    await yield_to_loop()
+    cancelled.cancel()
+    transport.release()
+    await asyncio.wait_for(nxt, 5)
+    assert cancelled.cancelled()
+    assert await pipeline.flush(5)
+    assert store.cursors == {"a": "1", "c": "1"}
+
+
+class SlowAckTransport(MemoryTransport):
+    """Acknowledges after a few loop turns, so puts, batches and acks interleave."""
+
+    def __init__(self, turns: list[int]) -> None:
+        super().__init__()
+        self._turns = turns
+        self._calls = 0
+
+    async def send(self, payload: bytes, nrecords: int) -> int:
+        self._calls += 1
+        await yield_to_loop(self._turns[self._calls % len(self._turns)])
+        return await super().send(payload, nrecords)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 400)), min_size=1, max_size=25),
+    bound=st.integers(1024, 8 * 1024),
+    in_flight=st.integers(1, 3),
+    turns=st.lists(st.integers(0, 5), min_size=1, max_size=5),
+)
+def test_bytes_held_never_exceed_the_bound_but_for_one_span(
+    sizes: list[tuple[int, int]], bound: int, in_flight: int, turns: list[int]
+) -> None:
+    spans = [padded("t", n, str(i), pad) for i, (n, pad) in enumerate(sizes)]
+    largest = max(encoded_size(s) for s in spans)
+    transport, store = SlowAckTransport(turns), MemoryCheckpointStore()
+    observed: list[int] = []
+
+    async def run() -> None:
+        pipeline = Pipeline(
+            transport,
+            store,
+            resource,
+            batch=BatchConfig(max_records=7, max_bytes=2048, max_delay=0.001),
+            queue_size=10_000,
+            queue_max_bytes=bound,
+            max_in_flight=in_flight,
+            retry_initial=0.001,
+            retry_max=0.001,
+            metrics=Metrics(),
+        )
+        transport.on_accept = lambda _: observed.append(pipeline.queued_bytes)
+        await pipeline.start()
+        for s in spans:
+            await asyncio.wait_for(pipeline.put(s), 10)
+            observed.append(pipeline.queued_bytes)
+        assert await pipeline.close(10)
+
+    asyncio.run(run())
+    assert observed and max(observed) <= max(bound, largest)
+    assert len(transport.records) == sum(n for n, _ in sizes)
+    assert store.cursors == {"t": str(len(spans) - 1)}
+
+
+# --- batcher -------------------------------------------------------------------------------------
+
+
+@given(
+    sizes=st.lists(st.lists(st.integers(1, 900), max_size=12), min_size=1, max_size=10),
+    max_records=st.integers(1, 9),
+    max_bytes=st.integers(1024, 4096),
+)
+def test_batches_cover_the_queue_in_order_within_count_and_bytes(
+    sizes: list[list[int]], max_records: int, max_bytes: int
+) -> None:
+    header = 40
+    batcher = Batcher(BatchConfig(max_records=max_records, max_bytes=max_bytes), lambda service: header)
+    queued = [QueuedSpan(span(f"t{i}", len(lens), str(i)), [b"r" * n for n in lens], i) for i, lens in enumerate(sizes)]
+    for q in queued:
+        batcher.add(q, 0.0)
+    taken: list[tuple[int, int]] = []
+    while (batch := batcher.take(0.0)) is not None:
+        records = [(s.ident, i) for s, start, stop in batch.slices for i in range(start, stop)]
+        payload = sum(len(s.framed[i]) for s, start, stop in batch.slices for i in range(start, stop))
+        assert batch.nrecords == len(records) <= max_records
+        assert batch.nbytes == payload
+        assert len(records) == 1 or payload + header + REQUEST_OVERHEAD <= max_bytes
+        taken.extend(records)
+    assert taken == [(q.ident, i) for q in queued for i in range(len(q.framed))]
+    assert not batcher

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import resource as resource_module
 import statistics
 import sys
 import tempfile
@@ -75,6 +76,7 @@ async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Resu
         lambda service: resource,
         batch=BatchConfig(),
         queue_size=cfg.queue_size,
+        queue_max_bytes=cfg.queue_max_bytes,
         max_in_flight=cfg.max_in_flight,
         retry_initial=0.1,
         retry_max=1.0,
@@ -108,6 +110,39 @@ async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Resu
     if not flushed:
         print("  warning: flush timed out", file=sys.stderr)
     return Result(wall, cpu, n - int(exported))
+
+
+async def catch_up(mib: int, settings: ExporterSettings, queue_max_bytes: int) -> tuple[float, float]:
+    """Send ``mib`` MiB of 2 KiB log lines as fast as the pipeline takes them (a receiver catching
+    up on a long log); return (seconds, peak RSS in MB of this process)."""
+    cfg = ExporterConfig()
+    resource = Attributes(RESOURCE.items())
+    pipeline = Pipeline(
+        make_transport(settings),
+        MemoryCheckpointStore(),
+        lambda service: resource,
+        batch=BatchConfig(),
+        queue_size=cfg.queue_size,
+        queue_max_bytes=queue_max_bytes,
+        max_in_flight=cfg.max_in_flight,
+        retry_initial=0.1,
+        retry_max=1.0,
+        metrics=Metrics(),
+    )
+    await pipeline.start()
+    line = "x" * 2000
+    sent = offset = 0
+    wall = time.perf_counter()
+    while sent < mib * 1024 * 1024:
+        records = [Record(body=f"{offset + i:012d} {line}", uid=f"c/{offset + i}", observed_ns=i) for i in range(200)]
+        offset += len(records)
+        sent += sum(len(r.body) for r in records)
+        await pipeline.put(Span("catch-up/worker-0", records, str(offset)))
+    if not await pipeline.flush(600):
+        print("  warning: flush timed out", file=sys.stderr)
+    wall = time.perf_counter() - wall
+    await pipeline.close(10)
+    return wall, resource_module.getrusage(resource_module.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_sdk(n: int, endpoint: str, lines: list[str], received: Callable[[], int]) -> Result:
@@ -158,7 +193,27 @@ def main() -> None:
         default=["http", "http-gzip", "grpc", "grpc-plain", "sdk"],
         help="any of: http http-gzip grpc grpc-plain sdk",
     )
+    parser.add_argument(
+        "--catch-up-mib",
+        type=int,
+        default=0,
+        help="instead: send this many MiB of 2 KiB lines over HTTP and print the peak RSS",
+    )
+    parser.add_argument("--queue-max-bytes", type=int, default=ExporterConfig().queue_max_bytes)
     args = parser.parse_args()
+    if args.catch_up_mib:
+        with tempfile.TemporaryDirectory() as tmp:
+            collector = RotelCollector(Path(tmp) / "rotel", verbosity="basic")
+            collector.start()
+            try:
+                settings = ExporterSettings("http/protobuf", collector.http_endpoint, compression="none")
+                seconds, rss = asyncio.run(catch_up(args.catch_up_mib, settings, args.queue_max_bytes))
+            finally:
+                collector.stop()
+        print(
+            f"catch-up of {args.catch_up_mib} MiB (queue_max_bytes={args.queue_max_bytes}): {seconds:.1f} s, peak RSS {rss:.0f} MB"
+        )
+        return
     n = args.records
     lines = bodies(n)
 

@@ -1,0 +1,164 @@
+"""Cutting the queue of encoded spans into export requests: by count, by bytes, by delay.
+
+Synchronous and clock-free (``now`` is passed in): the coordinator decides when to ask.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from collector_plugin.config import BatchConfig
+from collector_plugin.records import Span
+
+# Framing bytes per request beyond the records themselves (resource/scope headers are added apart).
+REQUEST_OVERHEAD = 64
+
+
+class QueuedSpan:
+    """A span as delivery keeps it: its records encoded once, and how many were batched.
+
+    The records themselves are not kept (only their uids, to report a refused one): the encoded
+    bytes are all delivery needs, and fewer live objects keep memory and GC time down.
+    """
+
+    __slots__ = ("framed", "ident", "nbytes", "sent", "service", "services", "target", "uids")
+
+    def __init__(self, span: Span, framed: list[bytes], ident: int) -> None:
+        records = span.records
+        self.ident = ident  # its id in the ack ledger
+        self.target = span.target
+        self.framed = framed
+        self.uids = [r.uid for r in records]
+        first = records[0].service if records else ""
+        # One service per span is the rule; a per-record list only for the rare mixed span.
+        self.service: str | None = first if all(r.service == first for r in records) else None
+        self.services: list[str] = [] if self.service is not None else [r.service for r in records]
+        self.nbytes = sum(map(len, framed))
+        self.sent = 0
+
+
+Slice = tuple[QueuedSpan, int, int]
+"""Records ``start..stop-1`` of one queued span."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Slices of queued spans sent as one request; ``seq`` numbers batches in queue order."""
+
+    slices: list[Slice]
+    nrecords: int
+    nbytes: int
+    seq: int
+
+
+class Batcher:
+    """The spans whose records were not handed to a batch yet, and the rules to cut the next one.
+
+    ``header_size(service)`` is what a service's first record adds to a request (its resource and
+    scope headers), so a batch never outgrows ``max_bytes`` however many services it mixes.
+    """
+
+    def __init__(self, batch: BatchConfig, header_size: Callable[[str], int]) -> None:
+        self._max_records = batch.max_records
+        self._max_bytes = batch.max_bytes
+        self._max_delay = float(batch.max_delay)
+        self._header_size = header_size
+        self._pending: deque[QueuedSpan] = deque()
+        self._records = 0
+        self._bytes = 0
+        self._first_at = 0.0
+        self._seq = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, span: QueuedSpan, now: float) -> None:
+        if not span.framed:
+            return
+        if not self._pending:
+            self._first_at = now
+        self._pending.append(span)
+        self._records += len(span.framed)
+        self._bytes += span.nbytes
+
+    def due(self, now: float, *, force: bool = False) -> bool:
+        """A batch should be cut now: it is full by count or bytes, or its oldest record waited
+        ``max_delay`` (``force``: a flush or close asked for everything)."""
+        return bool(self._pending) and (
+            force
+            or self._records >= self._max_records
+            or self._bytes + REQUEST_OVERHEAD >= self._max_bytes
+            or now - self._first_at >= self._max_delay
+        )
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until the oldest pending record has waited ``max_delay``."""
+        return self._first_at + self._max_delay - now
+
+    def take(self, now: float) -> Batch | None:
+        """Cut the next batch from the head of the queue, within the count and byte limits.
+
+        A single record larger than ``max_bytes`` still goes, alone: the collector decides.
+        """
+        slices: list[Slice] = []
+        count = nbytes = 0
+        budget = self._max_bytes - REQUEST_OVERHEAD
+        services: set[str] = set()
+        pending = self._pending
+        while pending and count < self._max_records:
+            span = pending[0]
+            framed = span.framed
+            start = stop = span.sent
+            limit = min(len(framed), start + self._max_records - count)
+            if span.service is not None:
+                budget -= self._new_header(span.service, services)
+            while stop < limit:
+                size = len(framed[stop])
+                if span.service is None:
+                    size += self._new_header(span.services[stop], services)
+                if size > budget and (count or stop > start):
+                    break
+                budget -= size
+                stop += 1
+            if stop > start:
+                size = sum(map(len, framed[start:stop]))
+                slices.append((span, start, stop))
+                count += stop - start
+                nbytes += size
+                self._records -= stop - start
+                self._bytes -= size
+                span.sent = stop
+            if stop < len(framed):
+                break
+            pending.popleft()
+            if pending:
+                self._first_at = now
+        if not slices:
+            return None
+        self._seq += 1
+        return Batch(slices, count, nbytes, self._seq)
+
+    def _new_header(self, service: str, seen: set[str]) -> int:
+        if service in seen:
+            return 0
+        seen.add(service)
+        return self._header_size(service)
+
+
+def by_service(slices: Sequence[Slice]) -> dict[str, list[bytes]]:
+    """The encoded records of ``slices`` grouped by service, in order (one ResourceLogs each)."""
+    grouped: dict[str, list[bytes]] = {}
+    for span, start, stop in slices:
+        if span.service is not None:
+            grouped.setdefault(span.service, []).extend(span.framed[start:stop])
+            continue
+        for i in range(start, stop):
+            grouped.setdefault(span.services[i], []).append(span.framed[i])
+    return grouped
+
+
+def slice_bytes(slices: Sequence[Slice]) -> int:
+    """Encoded bytes of the records in ``slices``."""
+    return sum(sum(map(len, span.framed[start:stop])) for span, start, stop in slices)
