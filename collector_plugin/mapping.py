@@ -130,9 +130,20 @@ class LineMapper:
         self._uid_prefix = "\x1f".join((project_id, source, target, "")).encode("utf-8", "surrogatepass")
 
     def record(
-        self, text: str, offset: int, observed_ns: int, *, continued: bool = False, partial: bool = False
+        self,
+        text: str,
+        offset: int,
+        observed_ns: int,
+        *,
+        continued: bool = False,
+        partial: bool = False,
+        progress: bool = False,
     ) -> Record:
-        """One record for one line (or one piece of a split line) starting at byte ``offset``."""
+        """One record for one line (or one piece of a split line) starting at byte ``offset``.
+
+        ``progress``: a sample of a line still being redrawn by ``\\r`` (a progress bar); its final
+        state comes later as an ordinary record.
+        """
         if continued:
             severity = self._last_severity
         else:
@@ -142,6 +153,8 @@ class LineMapper:
             attributes["modelarts.log.continued"] = True
         if partial:
             attributes["modelarts.log.partial"] = True
+        if progress:
+            attributes["modelarts.log.progress"] = True
         return Record(
             body=text,
             uid=hashlib.blake2b(self._uid_prefix + b"%d" % offset, digest_size=16).hexdigest(),
