@@ -80,7 +80,7 @@ class LineMapper:
     """Builds the records of one log target; its constant attributes are built once.
 
     ``scope`` namespaces uids (a project, an account); ``prefix`` names the per-record attributes
-    (``<prefix>.offset``, ``.continued``, ``.partial``) and the event names of restart and gap
+    (``<prefix>.offset``, ``.continued``, ``.partial``, ``.progress``) and the event names of restart and gap
     records (``<prefix>.restarted``, ``<prefix>.gap``).
     """
 
@@ -88,6 +88,7 @@ class LineMapper:
         "_a_continued",
         "_a_offset",
         "_a_partial",
+        "_a_progress",
         "_last_severity",
         "_uid_prefix",
         "prefix",
@@ -107,17 +108,28 @@ class LineMapper:
         self.shared = shared
         self.service = service
         self.prefix = prefix
-        self._a_offset, self._a_continued, self._a_partial = (
-            f"{prefix}.{n}" for n in ("offset", "continued", "partial")
+        self._a_offset, self._a_continued, self._a_partial, self._a_progress = (
+            f"{prefix}.{n}" for n in ("offset", "continued", "partial", "progress")
         )
         self._last_severity = (SEV_UNSET, "")
         # record_uid(scope, source, target, offset) with the constant part joined once (hot path)
         self._uid_prefix = "\x1f".join((scope, source, target, "")).encode("utf-8", "surrogatepass")
 
     def record(
-        self, text: str, offset: int, observed_ns: int, *, continued: bool = False, partial: bool = False
+        self,
+        text: str,
+        offset: int,
+        observed_ns: int,
+        *,
+        continued: bool = False,
+        partial: bool = False,
+        progress: bool = False,
     ) -> Record:
-        """One record for one line (or one piece of a split line) starting at byte ``offset``."""
+        """One record for one line (or one piece of a split line) starting at byte ``offset``.
+
+        ``progress``: a sample of a line still being redrawn by ``\\r`` (a progress bar); its final
+        state comes later as an ordinary record.
+        """
         if continued:
             severity = self._last_severity
         else:
@@ -127,6 +139,8 @@ class LineMapper:
             attributes[self._a_continued] = True
         if partial:
             attributes[self._a_partial] = True
+        if progress:
+            attributes[self._a_progress] = True
         return Record(
             body=text,
             uid=hashlib.blake2b(self._uid_prefix + b"%d" % offset, digest_size=16).hexdigest(),

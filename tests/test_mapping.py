@@ -83,6 +83,13 @@ def test_task_line_record() -> None:
     assert piece.severity_number == 17 and piece.attributes["modelarts.log.continued"] is True
 
 
+def test_progress_sample_is_marked_and_a_plain_line_is_not() -> None:
+    mapper = LineMapper(project_id="p", source="s", target="t", shared=task_log_attributes("j", "worker-0"))
+    sample = mapper.record(" 40%|####      | 4/10", 12, observed_ns=1, progress=True)
+    assert sample.attributes["modelarts.log.progress"] is True
+    assert "modelarts.log.progress" not in mapper.record("100%|##########| 10/10", 40, observed_ns=2).attributes
+
+
 def test_v1_attributes() -> None:
     attrs = v1_log_attributes(10, 11, "log1.log").as_dict()
     assert attrs == {

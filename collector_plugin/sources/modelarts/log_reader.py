@@ -16,10 +16,12 @@ from collector_plugin.api import (
     Attributes,
     BadCursor,
     CursorCodec,
+    Line,
     LineAssembler,
     LineMapper,
     LineSourceConfig,
     ReaderStatus,
+    Record,
     SourceContext,
     Span,
 )
@@ -104,9 +106,7 @@ class ByteLogReader:
 
     def start(self, offset: int, continued: bool = False) -> LineAssembler:
         self.recent = b""
-        self.assembler = LineAssembler(
-            self.config.max_line_bytes, self.config.line_start_pattern, offset=offset, continued=continued
-        )
+        self.assembler = LineAssembler.from_config(self.config, offset=offset, continued=continued)
         return self.assembler
 
     def first_offset(self, size: int | None, window: bytes | None) -> int:
@@ -149,9 +149,14 @@ class ByteLogReader:
             data[-FINGERPRINT_BYTES:] if len(data) >= FINGERPRINT_BYTES else (self.recent + data)[-FINGERPRINT_BYTES:]
         )
         now = self.context.clock_ns()
-        record = self.mapper.record
-        records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
+        records = self._records(lines, now)
         return Span(self.key, records, self.cursor(), len(data))
+
+    def _records(self, lines: list[Line], now: int) -> list[Record]:
+        return [
+            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial, progress=ln.progress)
+            for ln in lines
+        ]
 
     def empty_span(self) -> Span:
         """A span that only commits the cursor (where a first read starts)."""
@@ -168,8 +173,7 @@ class ByteLogReader:
         lines = asm.flush(final=draining)
         if not lines:
             return None
-        record = self.mapper.record
-        records = [record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in lines]
+        records = self._records(lines, now)
         return Span(self.key, records, self.cursor(), 0)
 
     def restarted(self, size: int) -> Span:
@@ -177,10 +181,7 @@ class ByteLogReader:
         asm = self.assembler
         assert asm is not None
         now = self.context.clock_ns()
-        record = self.mapper.record
-        records = [
-            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in asm.flush(final=True)
-        ]
+        records = self._records(asm.flush(final=True), now)
         records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=now))
         self.epoch += 1
         self.mapper = self._mapper()
@@ -200,10 +201,7 @@ class ByteLogReader:
         asm = self.assembler
         assert asm is not None
         now = self.context.clock_ns()
-        record = self.mapper.record
-        records = [
-            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial) for ln in asm.flush(final=True)
-        ]
+        records = self._records(asm.flush(final=True), now)
         start = asm.end_offset
         records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=now))
         self.start(end)

@@ -68,7 +68,6 @@ class TaskLogsConfig(Discoverable, LineSourceConfig):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
 
-
 class PreviewResponse(BaseModel):
     """``logs/preview``; old servers name the content ``context``, numbers may be strings."""
 
@@ -134,7 +133,6 @@ class TaskLogReader(ByteLogReader):
         self._obs_size: int | None = None
         self._obs_sizes_known = True
         self._tail_via_obs = False
-
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         if self.assembler is not None and not draining and self._tail_via_obs:
