@@ -7,6 +7,7 @@
     │   └── ObsLinkExpired     a temporary OBS link answered 403: fetch a fresh one
     ├── ResponseFormatError    the API answered something it does not promise (endpoint, field)
     ├── CheckpointError        the checkpoint store cannot be opened, read or written
+    │   └── StoreUnavailable   the checkpoint database cannot be reached now (retry: it reconnects)
     └── ExportError            the collector refused a batch for good (not retried)
 
 Messages never carry secrets: no SK, token, signature or signed OBS URL.
@@ -79,6 +80,10 @@ class ResponseFormatError(ReceiverError):
 
 class CheckpointError(ReceiverError):
     """The checkpoint store is unreadable, corrupt or not writable."""
+
+
+class StoreUnavailable(CheckpointError):
+    """The checkpoint database is unreachable; the store reconnects on the next call."""
 
 
 class ExportError(ReceiverError):
