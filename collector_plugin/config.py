@@ -203,7 +203,27 @@ class ExporterConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
+    """``path`` (SQLite, one replica: the default) or ``url`` (PostgreSQL, several replicas), not both.
+
+    ``url`` is any libpq URI (``postgresql://user@host/db``, ``postgresql:///db?host=/run/pg``);
+    what it leaves out comes from the PG* environment variables. It may hold a password, so it is
+    kept out of the repr and validation messages never quote it.
+    """
+
     path: str = DEFAULT_CHECKPOINT_PATH
+    url: str | None = Field(default=None, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_uri(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URI (or leave it out and set path for SQLite)")
+        if info.data.get("path", DEFAULT_CHECKPOINT_PATH) != DEFAULT_CHECKPOINT_PATH:
+            raise ValueError("set either path (SQLite) or url (PostgreSQL), not both")
+        return value
 
 
 class ResourceConfig(_Strict):

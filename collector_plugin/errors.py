@@ -7,6 +7,7 @@
     │   └── ObsLinkExpired     a temporary OBS link answered 403: fetch a fresh one
     ├── ResponseFormatError    the API answered something it does not promise (endpoint, field)
     ├── CheckpointError        the checkpoint store cannot be opened, read or written
+    │   └── StoreUnavailable   the checkpoint database cannot be reached now (retry: it reconnects)
     ├── PluginError            a plugin failed to import, raised in its hook or clashed with another
     └── ExportError            the collector refused a batch for good (not retried)
 
@@ -80,6 +81,10 @@ class ResponseFormatError(ReceiverError):
 
 class CheckpointError(ReceiverError):
     """The checkpoint store is unreadable, corrupt or not writable."""
+
+
+class StoreUnavailable(CheckpointError):
+    """The checkpoint database is unreachable; the store reconnects on the next call."""
 
 
 class PluginError(ReceiverError):

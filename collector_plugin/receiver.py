@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from collector_plugin import __version__
 from collector_plugin.auth import make_auth
 from collector_plugin.backoff import Backoff
-from collector_plugin.checkpoint import CheckpointStore
 from collector_plugin.config import Config
 from collector_plugin.errors import ReceiverError
 from collector_plugin.export import Pipeline, Transport, build_pipeline, make_transport
@@ -26,6 +25,7 @@ from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import CONNECTION as MODELARTS
 from collector_plugin.sources.modelarts.client import RETRYABLE_CODES
+from collector_plugin.store import Store, open_store
 from collector_plugin.telemetry import Metrics, SourceCounters, TelemetryServer
 
 log = logging.getLogger("collector_plugin.receiver")
@@ -37,7 +37,7 @@ class Receiver:
 
     config: Config
     http: HttpClients
-    store: CheckpointStore
+    store: Store
     pipeline: Pipeline
     scheduler: Scheduler
     metrics: Metrics
@@ -152,7 +152,7 @@ def build_receiver(
     metrics = Metrics()
     http = build_http(config, metrics, transport=api_transport)
     connections = build_connections(config, http)
-    store = CheckpointStore.open(settings.checkpoint_path)
+    store = open_store(config.checkpoint.model_copy(update={"path": settings.checkpoint_path}))
     pipeline = build_pipeline(
         config.exporter,
         store,

@@ -5,6 +5,8 @@
   ``.stop()``, ``.start()`` (same ports: the collector going down and coming back).
 - ``memory_transport`` / ``memory_store``: in-memory transport and checkpoint store.
 - ``metrics``: a fresh :class:`~collector_plugin.telemetry.Metrics` with its own registry.
+- ``postgres_server``: one throwaway PostgreSQL server for the session (``tests/pg_harness.py``);
+  ``.url(db)``, ``.socket_url(db)``, ``.create_database()``, ``.statements(application_name)``.
 - ``make_pipeline``: builds a started :class:`~collector_plugin.export.Pipeline` with small, fast
   settings (override any keyword) and closes it at the end.
 """
@@ -24,8 +26,10 @@ from collector_plugin.telemetry import Metrics
 from collector_plugin.testing import MemoryCheckpointStore, MemoryTransport
 
 try:  # tests/ is a rootdir without __init__.py: pytest puts it on sys.path
+    from pg_harness import PostgresServer
     from rotel_harness import RotelCollector
 except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from tests.pg_harness import PostgresServer
     from tests.rotel_harness import RotelCollector
 
 
@@ -37,6 +41,16 @@ def rotel_collector(tmp_path: Path) -> Iterator[RotelCollector]:
         yield collector
     finally:
         collector.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture

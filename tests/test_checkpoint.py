@@ -189,3 +189,11 @@ def test_a_commit_survives_kill_9(tmp_path: Path) -> None:
         committed = int(store.get("t") or 0)
         assert committed >= acknowledged
         assert store.get("other") == "x" * (committed % 50)
+
+
+def test_the_old_import_path_still_names_the_stores() -> None:
+    from collector_plugin import checkpoint, store
+    from collector_plugin.store import sqlite
+
+    assert checkpoint.CheckpointStore is sqlite.CheckpointStore is store.CheckpointStore
+    assert checkpoint.CursorStore is store.CursorStore

@@ -153,6 +153,7 @@ class ByteLogReader:
         return Span(self.key, records, self.cursor(), len(data))
 
     def _records(self, lines: list[Line], now: int) -> list[Record]:
+        record = self.mapper.record
         return [
             record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial, progress=ln.progress)
             for ln in lines
