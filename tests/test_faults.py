@@ -195,11 +195,12 @@ async def test_api_storms_slow_the_receiver_but_every_target_keeps_going(tmp_pat
     transport = MemoryTransport()
     with Simulator(sc) as sim:
         faults = sim.faults
-        faults.throttle(r"/logs/preview$", retry_after=1, times=4)
+        # A caught-up task log is tailed over OBS: the storm hits the API's log endpoints and OBS.
+        faults.throttle(r"/logs/(preview|url)$", retry_after=1, times=4)
         faults.error(r"/events$", status=503, times=5)
         faults.error(r"/services/[^/]+/logs$", status=502, times=3)
-        faults.slow(r"/logs/preview$", 0.4, times=3)
-        faults.reset(r"/logs/preview$", times=3)
+        faults.slow(r"/obs/", 0.4, times=3)
+        faults.reset(r"/obs/", times=3)
         faults.reset(r"/events$", times=2)
         config = config_for(sim, tmp_path)
         receiver = build_receiver(
