@@ -84,7 +84,14 @@ def test_task_line_record() -> None:
 
 
 def test_progress_sample_is_marked_and_a_plain_line_is_not() -> None:
-    mapper = LineMapper(project_id="p", source="s", target="t", shared=task_log_attributes("j", "worker-0"))
+    mapper = LineMapper(
+        scope="p",
+        source="s",
+        target="t",
+        shared=task_log_attributes("j", "worker-0"),
+        service="x",
+        prefix="modelarts.log",
+    )
     sample = mapper.record(" 40%|####      | 4/10", 12, observed_ns=1, progress=True)
     assert sample.attributes["modelarts.log.progress"] is True
     assert "modelarts.log.progress" not in mapper.record("100%|##########| 10/10", 40, observed_ns=2).attributes
