@@ -331,13 +331,14 @@ class StatusProvider:
         self._loop = loop
 
     def __call__(self) -> dict[str, Any]:
+        """Copy on the loop (short), build the document here: the loop keeps polling meanwhile."""
         loop = self._loop
         if loop is None or loop.is_closed():
             raise RuntimeError("the receiver is not running")
-        return asyncio.run_coroutine_threadsafe(self._build(), loop).result(self._timeout)
+        return status_document(asyncio.run_coroutine_threadsafe(self._gather(), loop).result(self._timeout))
 
-    async def _build(self) -> dict[str, Any]:
-        return status_document(self.gather(asyncio.get_running_loop().time()))
+    async def _gather(self) -> StatusInput:
+        return self.gather(asyncio.get_running_loop().time())
 
     def gather(self, now: float) -> StatusInput:
         """Copy the live state into a :class:`StatusInput` (call on the receiver's loop)."""

@@ -181,7 +181,8 @@ class Health:
         self.unready_after = unready_after
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: tuple[float, float, float] | None = None  # (ok calls, auth refusals, exported)
+        # (ok calls, auth refusals, records exported) at the last sample; the metrics start at 0
+        self._seen: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._auth_since: float | None = None
         self._commit_since: float | None = None
         self._commit_error = ""
@@ -198,8 +199,6 @@ class Health:
         now = self._clock()
         with self._lock:
             before, self._seen = self._seen, now_seen
-            if before is None:
-                return
             if now_seen[0] > before[0]:
                 self._auth_since = None
             elif now_seen[1] > before[1] and self._auth_since is None:

@@ -338,8 +338,14 @@ async def test_status_json_of_a_running_receiver_shows_the_failing_target(tmp_pa
     with Simulator(scenario_with(jobs)) as sim:
         sim.faults.error(r"/training-jobs/8/versions/1/log$", status=500, times=None)
         async with RunningReceiver(sim, tmp_path, jobs) as url:
-            doc = await wait_for_status(
-                url, lambda d: len(d["targets"]) == 3 and sum(r["polls"] for r in d["targets"]) >= 4
+            # Two jobs' 100 lines acknowledged and committed: the page says when.
+            await wait_for_status(
+                url,
+                lambda d: (
+                    d["pipeline"]["records_exported"] >= 100
+                    and d["pipeline"]["last_ack_age_seconds"] is not None
+                    and d["checkpoint_age_seconds"] is not None
+                ),
             )
             doc = await wait_for_status(url, lambda d: "failing" in states(d).values())
             failing = [r for r in doc["targets"] if r["state"] == "failing"]

@@ -253,9 +253,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def health(metrics: Metrics, clock: Clock) -> Health:
-    watch = Health(metrics, unready_after=300.0, clock=clock)
-    watch.sample()  # the baseline
-    return watch
+    return Health(metrics, unready_after=300.0, clock=clock)
 
 
 def refuse(metrics: Metrics, health: Health, clock: Clock, seconds: float) -> None:
