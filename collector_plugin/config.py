@@ -230,10 +230,23 @@ class ResourceConfig(_Strict):
     attributes: dict[str, str | int | float | bool] = {}
 
 
+DEFAULT_UNREADY_AFTER = 300.0
+
+
 class TelemetryConfig(_Strict):
     listen: str = "0.0.0.0:8888"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
+    # How long every API call refused for auth (or every checkpoint commit failing) lasts before
+    # /readyz fails: long enough that a transient refusal never flips it.
+    unready_after: Duration = DEFAULT_UNREADY_AFTER
+
+    @field_validator("unready_after")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be a positive duration, e.g. 5m")
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from collector_plugin.backoff import Backoff, parse_retry_after
-from collector_plugin.budget import CALL, Budget, Permit
+from collector_plugin.budget import CALL, Budget, Permit, Snapshot
 from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, ResponseFormatError
 from collector_plugin.telemetry import Metrics
 
@@ -316,6 +316,10 @@ class HttpClients:
                 **self._defaults,
             )
         return found
+
+    def budget_snapshots(self) -> dict[str, Snapshot]:
+        """Each client's API budget, by client name (for the status page)."""
+        return {name: client.budget.snapshot() for name, client in self._clients.items()}
 
     async def aclose(self) -> None:
         for client in self._clients.values():

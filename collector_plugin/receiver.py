@@ -25,8 +25,9 @@ from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import CONNECTION as MODELARTS
 from collector_plugin.sources.modelarts.client import RETRYABLE_CODES
+from collector_plugin.status import StatusProvider
 from collector_plugin.store import Store, open_store
-from collector_plugin.telemetry import Metrics, SourceCounters, TelemetryServer
+from collector_plugin.telemetry import Health, Metrics, SourceCounters, TelemetryServer, WatchedStore
 
 log = logging.getLogger("collector_plugin.receiver")
 
@@ -43,17 +44,22 @@ class Receiver:
     metrics: Metrics
     telemetry: TelemetryServer | None = None
     started: bool = field(default=False)
+    health: Health | None = None
+    status: StatusProvider | None = None
 
     def ready(self) -> tuple[bool, str]:
-        """Config valid and store open (we exist); the last export succeeded or nothing was sent."""
+        """Config valid and store open (we exist); the last export succeeded or nothing was sent;
+        no failure that needs a human has lasted ``telemetry.unready_after`` (:class:`Health`)."""
         if not self.started:
             return False, "starting"
         if self.pipeline.last_export_ok is False:
             return False, f"last export failed: {self.pipeline.last_error}"
-        return True, "ready"
+        return (True, "ready") if self.health is None else self.health.check()
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until ``stop``; return True when everything held was delivered and committed."""
+        if self.status is not None:
+            self.status.attach(asyncio.get_running_loop())
         if self.telemetry is not None:
             try:
                 self.telemetry.start()
@@ -153,9 +159,10 @@ def build_receiver(
     http = build_http(config, metrics, transport=api_transport)
     connections = build_connections(config, http)
     store = open_store(config.checkpoint.model_copy(update={"path": settings.checkpoint_path}))
+    health = Health(metrics, float(config.telemetry.unready_after))
     pipeline = build_pipeline(
         config.exporter,
-        store,
+        WatchedStore(store, health),
         settings.resource_for,
         metrics,
         {},  # only read when transport is None, and it is not: settings.exporter is resolved
@@ -167,7 +174,12 @@ def build_receiver(
         for name, cfg in config.sources.items()
     ]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
-    receiver = Receiver(config, http, store, pipeline, scheduler, metrics)
+    receiver = Receiver(config, http, store, pipeline, scheduler, metrics, health=health)
+    receiver.status = StatusProvider(
+        scheduler, pipeline, metrics, http.budget_snapshots, receiver.ready, health.last_ack_age
+    )
     if telemetry and settings.telemetry.listen:
-        receiver.telemetry = TelemetryServer(settings.telemetry.listen, metrics, receiver.ready)
+        receiver.telemetry = TelemetryServer(
+            settings.telemetry.listen, metrics, receiver.ready, status=receiver.status, tick=health.sample
+        )
     return receiver

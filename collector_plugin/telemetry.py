@@ -1,4 +1,4 @@
-"""Self-telemetry: Prometheus metrics, and /metrics /healthz /readyz on one small listener.
+"""Self-telemetry: Prometheus metrics, readiness, and /metrics /healthz /readyz /status on one listener.
 
 Each receiver owns a :class:`Metrics` with its own registry, so tests can run several receivers
 in one process. Metric names follow Prometheus conventions with the prefix ``modelarts_receiver_``.
@@ -6,13 +6,14 @@ in one process. Metric names follow Prometheus conventions with the prefix ``mod
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +27,7 @@ from prometheus_client import (
 
 from collector_plugin.errors import ReceiverError
 from collector_plugin.logs import redact
+from collector_plugin.status import render_html
 
 PREFIX = "modelarts_receiver_"
 _log = logging.getLogger(__name__)
@@ -153,6 +155,122 @@ class Metrics:
         return max(0.0, time.time() - last) if last > 0 else 0.0
 
 
+def _sum(metric: Any, label: str, value: str) -> float:
+    """Sum of a labelled counter's ``_total`` samples whose ``label`` is ``value``."""
+    found = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get(label) == value:
+                found += sample.value
+    return found
+
+
+class Health:
+    """Failure that needs a human, held for ``unready_after`` seconds, makes ``/readyz`` fail.
+
+    Two kinds: every API call refused for auth (401/403, :class:`~collector_plugin.errors.AuthError`;
+    one accepted call clears it, so a job the credential may not read does not count), and the
+    checkpoint store refusing every commit. A failure shorter than ``unready_after`` never flips
+    readiness. Auth is judged from the metrics, sampled by the listener's thread several times a
+    second (:meth:`sample`); commits are reported by :class:`WatchedStore`. Also remembers when
+    the collector last acknowledged records, for the status page.
+    """
+
+    def __init__(self, metrics: Metrics, unready_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._metrics = metrics
+        self.unready_after = unready_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (ok calls, auth refusals, records exported) at the last sample; the metrics start at 0
+        self._seen: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._auth_since: float | None = None
+        self._commit_since: float | None = None
+        self._commit_error = ""
+        self._last_ack: float | None = None
+
+    def sample(self) -> None:
+        """Compare the counters with the last sample: a success clears, a refusal alone starts the clock."""
+        m = self._metrics
+        now_seen = (
+            _sum(m.api_requests, "outcome", "ok"),
+            _sum(m.target_errors, "error", "AuthError"),
+            next(iter(m.records_exported.collect())).samples[0].value,
+        )
+        now = self._clock()
+        with self._lock:
+            before, self._seen = self._seen, now_seen
+            if now_seen[0] > before[0]:
+                self._auth_since = None
+            elif now_seen[1] > before[1] and self._auth_since is None:
+                self._auth_since = now
+            if now_seen[2] > before[2]:
+                self._last_ack = now
+
+    def commit_ok(self) -> None:
+        with self._lock:
+            self._commit_since, self._commit_error = None, ""
+
+    def commit_failed(self, error: str) -> None:
+        with self._lock:
+            if self._commit_since is None:
+                self._commit_since = self._clock()
+            self._commit_error = error
+
+    def last_ack_age(self) -> float | None:
+        """Seconds since the collector last acknowledged records (as sampled); None before any."""
+        with self._lock:
+            return None if self._last_ack is None else max(0.0, self._clock() - self._last_ack)
+
+    def check(self) -> tuple[bool, str]:
+        """(ready, reason): not ready once a failure above has lasted ``unready_after`` seconds."""
+        self.sample()
+        now = self._clock()
+        with self._lock:
+            if self._auth_since is not None and now - self._auth_since >= self.unready_after:
+                return (
+                    False,
+                    f"every API call refused for auth for {now - self._auth_since:.0f}s: check the credentials",
+                )
+            if self._commit_since is not None and now - self._commit_since >= self.unready_after:
+                return False, (
+                    f"checkpoint store not writable for {now - self._commit_since:.0f}s: {self._commit_error}"
+                )
+        return True, "ready"
+
+
+class _Store(Protocol):
+    def get(self, key: str) -> str | None: ...
+    def all(self) -> dict[str, str]: ...
+    def commit(self, cursors: Mapping[str, str]) -> None: ...
+    def close(self) -> None: ...
+
+
+class WatchedStore:
+    """A checkpoint store that tells :class:`Health` whether each commit went through."""
+
+    def __init__(self, store: _Store, health: Health) -> None:
+        self.store = store
+        self._health = health
+
+    def get(self, key: str) -> str | None:
+        return self.store.get(key)
+
+    def all(self) -> dict[str, str]:
+        return self.store.all()
+
+    def commit(self, cursors: Mapping[str, str]) -> None:
+        try:
+            self.store.commit(cursors)
+        except Exception as exc:
+            self._health.commit_failed(str(exc))
+            raise
+        if cursors:
+            self._health.commit_ok()
+
+    def close(self) -> None:
+        self.store.close()
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port)."""
     host, sep, port_text = listen.strip().rpartition(":")
@@ -165,20 +283,41 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    tick: Callable[[], None] | None = None
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` every poll interval: samples :class:`Health`."""
+        if self.tick is not None:
+            try:
+                self.tick()
+            except Exception:  # a broken sampler must not stop the listener
+                _log.exception("telemetry tick failed")
 
 
 class TelemetryServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on a small threaded HTTP server.
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` and ``/status.json`` on a small threaded server.
 
     It runs in its own daemon thread so a scrape is answered even while the event loop is busy
     catching up. ``ready`` is called on every ``/readyz`` and returns (ready, reason); the reason
-    is the 503 body that tells an operator what is missing. ``listen`` "" disables the server.
+    is the 503 body that tells an operator what is missing. ``status`` returns the status document
+    (:mod:`collector_plugin.status`); without it the status pages answer 404. ``tick`` is called
+    several times a second from the server's thread (the :class:`Health` sampler). ``listen`` ""
+    disables the server.
     """
 
-    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        ready: Callable[[], tuple[bool, str]],
+        status: Callable[[], Mapping[str, Any]] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
         self.listen = listen
         self.metrics = metrics
         self.ready = ready
+        self.status = status
+        self.tick = tick
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -213,6 +352,7 @@ class TelemetryServer:
             server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
         try:
             self._server = server_cls((host, port), self._handler_class())
+            self._server.tick = self.tick
         except OSError as exc:  # port taken, address not on this host, no permission
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ReceiverError(f"telemetry.listen: cannot listen on {shown}: {exc.strerror or exc}") from None
@@ -250,6 +390,14 @@ class TelemetryServer:
             return False, f"readiness check failed: {type(exc).__name__}"
         return bool(ok), redact(reason)  # an export error may quote a header or a signed URL
 
+    def _status(self) -> tuple[int, Mapping[str, Any] | str]:
+        if self.status is None:
+            return 404, "not found: no status provider\n"
+        try:
+            return 200, self.status()
+        except Exception as exc:  # e.g. the event loop did not answer in time
+            return 503, f"status unavailable: {type(exc).__name__}\n"
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
@@ -266,8 +414,16 @@ class TelemetryServer:
                     ok, reason = owner._readiness()
                     body = (reason or ("ready" if ok else "not ready")) + "\n"
                     self._send(200 if ok else 503, body.encode())
+                elif path in ("/status", "/status.json"):
+                    code, doc = owner._status()
+                    if isinstance(doc, str):
+                        self._send(code, doc.encode())
+                    elif path == "/status":
+                        self._send(code, render_html(doc).encode(), "text/html; charset=utf-8")
+                    else:
+                        self._send(code, json.dumps(doc).encode(), "application/json")
                 else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+                    self._send(404, b"not found: try /metrics, /healthz, /readyz, /status or /status.json\n")
 
             def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
                 self.send_response(status)

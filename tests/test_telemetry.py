@@ -1,4 +1,4 @@
-"""The self-telemetry listener: /metrics, /healthz, /readyz, and its lifecycle."""
+"""The self-telemetry listener: /metrics, /healthz, /readyz, its lifecycle, and readiness (Health)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 
 import pytest
 
+from collector_plugin.config import TelemetryConfig, parse_config
+from collector_plugin.errors import CheckpointError, ConfigError
 from collector_plugin.logs import clear_secrets, register_secret
-from collector_plugin.telemetry import Metrics, TelemetryServer, parse_listen
+from collector_plugin.plugins import load_sources
+from collector_plugin.telemetry import Health, Metrics, TelemetryServer, WatchedStore, parse_listen
 
 try:
     from telemetry_helpers import get, parse_metrics, sample_key, scrape, total
@@ -229,3 +233,131 @@ def test_parse_metrics_keys_labels_sorted() -> None:
     assert parse_metrics(text) == {'x_total{a="1",b="2"}': 3.0}
     assert total(parse_metrics(text), "x_total", a="1") == 3.0
     assert total(parse_metrics(text), "x_total", a="11") == 0.0
+
+
+# -- readiness from sustained failure (Health)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def health(metrics: Metrics, clock: Clock) -> Health:
+    return Health(metrics, unready_after=300.0, clock=clock)
+
+
+def refuse(metrics: Metrics, health: Health, clock: Clock, seconds: float) -> None:
+    """Every call refused for auth for ``seconds``, sampled each 10 s as a probe would."""
+    end = clock.now + seconds
+    while clock.now < end:
+        metrics.target_errors.labels("training_task_logs", "AuthError").inc()
+        health.sample()
+        clock.now = min(end, clock.now + 10)
+    health.sample()
+
+
+def test_auth_refused_for_unready_after_makes_it_unready(metrics: Metrics, health: Health, clock: Clock) -> None:
+    refuse(metrics, health, clock, 290)
+    assert health.check() == (True, "ready")  # a transient refusal never flips it
+    refuse(metrics, health, clock, 20)
+    ok, reason = health.check()
+    assert not ok and "refused for auth" in reason and "credentials" in reason
+
+
+def test_one_accepted_call_clears_the_auth_clock(metrics: Metrics, health: Health, clock: Clock) -> None:
+    refuse(metrics, health, clock, 200)
+    metrics.api_requests.labels("/v2/{project_id}/training-jobs/{id}", "ok").inc()
+    health.sample()
+    refuse(metrics, health, clock, 200)
+    assert health.check()[0]  # 200 s since the last success, not 400
+    refuse(metrics, health, clock, 150)
+    assert not health.check()[0]
+    metrics.api_requests.labels("/v2/{project_id}/training-jobs/{id}", "ok").inc()
+    assert health.check() == (True, "ready")
+
+
+def test_other_errors_never_start_the_auth_clock(metrics: Metrics, health: Health, clock: Clock) -> None:
+    for _ in range(100):
+        metrics.target_errors.labels("training_task_logs", "ApiError").inc()
+        health.sample()
+        clock.now += 10
+    assert health.check() == (True, "ready")
+
+
+def test_a_checkpoint_store_refusing_commits_makes_it_unready(health: Health, clock: Clock) -> None:
+    class ReadOnly:
+        def __init__(self) -> None:
+            self.fail = True
+            self.committed: list[dict[str, str]] = []
+
+        def get(self, key: str) -> str | None:
+            return None
+
+        def all(self) -> dict[str, str]:
+            return {}
+
+        def commit(self, cursors: Mapping[str, str]) -> None:
+            if self.fail:
+                raise CheckpointError(
+                    "cannot write checkpoint store '/data/cp.db': attempt to write a readonly database"
+                )
+            self.committed.append(dict(cursors))
+
+        def close(self) -> None:
+            pass
+
+    inner = ReadOnly()
+    store = WatchedStore(inner, health)
+    for _ in range(29):
+        with pytest.raises(CheckpointError):
+            store.commit({"k": "1"})
+        clock.now += 10
+    assert health.check() == (True, "ready")  # 280 s of failed commits: not yet
+    clock.now += 30
+    ok, reason = health.check()
+    assert not ok and "checkpoint store not writable" in reason and "readonly database" in reason
+    inner.fail = False
+    store.commit({"k": "2"})
+    assert inner.committed == [{"k": "2"}]
+    assert health.check() == (True, "ready")
+
+
+def test_last_ack_age_follows_records_exported(metrics: Metrics, health: Health, clock: Clock) -> None:
+    assert health.last_ack_age() is None
+    metrics.records_exported.inc(5)
+    health.sample()
+    clock.now += 12
+    assert health.last_ack_age() == 12
+    health.sample()  # nothing new acknowledged: the age keeps growing
+    clock.now += 3
+    assert health.last_ack_age() == 15
+
+
+def test_the_listener_samples_health_on_its_own(metrics: Metrics) -> None:
+    samples = threading.Event()
+    with TelemetryServer("127.0.0.1:0", metrics, lambda: (True, "ready"), tick=samples.set):
+        assert samples.wait(10)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("5m", 300.0), ("30s", 30.0), (None, 300.0)])
+def test_unready_after_is_a_duration_defaulting_to_five_minutes(value: str | None, seconds: float) -> None:
+    raw = {} if value is None else {"unready_after": value}
+    assert TelemetryConfig.model_validate(raw).unready_after == seconds
+
+
+@pytest.mark.parametrize("value", ["0s", "-1s", "soon"])
+def test_unready_after_must_be_a_positive_duration(value: str) -> None:
+    raw = {"modelarts": {"region": "sim-1", "project_id": "p"}, "telemetry": {"unready_after": value}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, load_sources(), environ={})
+    assert any(p.startswith("telemetry.unready_after: ") for p in info.value.problems), info.value.problems
