@@ -72,7 +72,7 @@ def format_record(record: Record, *, color: bool) -> str:
         attributes=record.all_attributes(),
         body=record.body,
         event_name=record.event_name,
-        service=record.service,
+        service=str(record.resource.as_dict().get("service.name", "")),
         color=color,
     )
 

@@ -92,21 +92,21 @@ class LineMapper:
         "_last_severity",
         "_uid_prefix",
         "prefix",
+        "resource",
         "scope",
-        "service",
         "shared",
         "source",
         "target",
     )
 
     def __init__(
-        self, *, scope: str, source: str, target: str, shared: Attributes, service: str, prefix: str = "log"
+        self, *, scope: str, source: str, target: str, shared: Attributes, resource: Attributes, prefix: str = "log"
     ) -> None:
         self.scope = scope
         self.source = source
         self.target = target
         self.shared = shared
-        self.service = service
+        self.resource = resource
         self.prefix = prefix
         self._a_offset, self._a_continued, self._a_partial, self._a_progress = (
             f"{prefix}.{n}" for n in ("offset", "continued", "partial", "progress")
@@ -149,7 +149,7 @@ class LineMapper:
             severity_text=severity[1],
             shared=self.shared,
             attributes=attributes,
-            service=self.service,
+            resource=self.resource,
         )
 
     def restarted(self, *, size: int, cursor: int, observed_ns: int) -> Record:
@@ -165,7 +165,7 @@ class LineMapper:
             event_name=f"{self.prefix}.restarted",
             shared=self.shared,
             attributes={f"{self.prefix}.previous_size": cursor, f"{self.prefix}.size": size},
-            service=self.service,
+            resource=self.resource,
         )
 
     def gap(self, *, start: int, end: int, reason: str, observed_ns: int) -> Record:
@@ -184,5 +184,5 @@ class LineMapper:
                 f"{self.prefix}.gap.end": end,
                 f"{self.prefix}.gap.reason": reason,
             },
-            service=self.service,
+            resource=self.resource,
         )

@@ -19,7 +19,7 @@ are sent with ``?`` in place of the bad code points rather than failing the whol
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from collector_plugin.records import Attributes, AttrValue, Record
@@ -304,47 +304,35 @@ def assemble_request(groups: Iterable[tuple[bytes, bytes, Sequence[bytes]]]) -> 
 
 
 class OtlpEncoder:
-    """Encodes records into requests, caching each service's encoded resource and the scope."""
+    """Encodes records into requests; a resource is encoded once (cached on its Attributes)."""
 
-    def __init__(
-        self, resource_for: Callable[[str], Attributes], scope_name: str = SCOPE_NAME, scope_version: str = ""
-    ) -> None:
-        self._resource_for = resource_for
-        self._resources: dict[str, bytes] = {}
+    def __init__(self, scope_name: str = SCOPE_NAME, scope_version: str = "") -> None:
         self.scope = encode_scope(scope_name, scope_version)
 
-    def resource(self, service: str) -> bytes:
-        """The encoded ``resource`` field for ``service`` (computed once)."""
-        found = self._resources.get(service)
-        if found is None:
-            found = self._resources[service] = encode_resource(self._resource_for(service))
-        return found
+    def resource(self, resource: Attributes) -> bytes:
+        """The encoded ``resource`` field of ``resource``."""
+        return encode_resource(resource)
 
-    def assemble(self, by_service: Mapping[str, Sequence[bytes]]) -> bytes:
-        """Build a request from framed records grouped by service."""
-        return assemble_request((self.resource(s), self.scope, framed) for s, framed in by_service.items())
+    def assemble(self, by_resource: Mapping[Attributes, Sequence[bytes]]) -> bytes:
+        """Build a request from framed records grouped by resource."""
+        return assemble_request((self.resource(r), self.scope, framed) for r, framed in by_resource.items())
 
     def encode(self, records: Iterable[Record]) -> bytes:
-        """Encode ``records`` into one request: a ``ResourceLogs`` per distinct service, in order."""
-        by_service: dict[str, list[bytes]] = {}
+        """Encode ``records`` into one request: a ``ResourceLogs`` per distinct resource, in order."""
+        by_resource: dict[Attributes, list[bytes]] = {}
         for record in records:
             framed = encode_framed_log_record(record)
-            group = by_service.get(record.service)
+            group = by_resource.get(record.resource)
             if group is None:
-                by_service[record.service] = [framed]
+                by_resource[record.resource] = [framed]
             else:
                 group.append(framed)
-        return self.assemble(by_service)
+        return self.assemble(by_resource)
 
 
-def encode_export_request(
-    records: Sequence[Record],
-    resource_for: Callable[[str], Attributes],
-    scope_name: str = SCOPE_NAME,
-    scope_version: str = "",
-) -> bytes:
+def encode_export_request(records: Sequence[Record], scope_name: str = SCOPE_NAME, scope_version: str = "") -> bytes:
     """Encode ``records`` as one ``ExportLogsServiceRequest`` (see :class:`OtlpEncoder`)."""
-    return OtlpEncoder(resource_for, scope_name, scope_version).encode(records)
+    return OtlpEncoder(scope_name, scope_version).encode(records)
 
 
 def encoded_size(record: Record) -> int:

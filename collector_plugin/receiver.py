@@ -163,7 +163,6 @@ def build_receiver(
     pipeline = build_pipeline(
         config.exporter,
         WatchedStore(store, health),
-        settings.resource_for,
         metrics,
         {},  # only read when transport is None, and it is not: settings.exporter is resolved
         scope_version=__version__,

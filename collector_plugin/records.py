@@ -16,9 +16,6 @@ from typing import Union
 AttrValue = Union[str, bool, int, float, bytes, Sequence["AttrValue"], Mapping[str, "AttrValue"]]  # noqa: UP007 (recursive alias: `|` cannot take strings at runtime)
 EncodeAttrs = Callable[[tuple[tuple[str, AttrValue], ...]], bytes]
 
-SERVICE_TRAINING = "modelarts-training"
-SERVICE_INFERENCE = "modelarts-inference"
-
 
 class Attributes:
     """An immutable, ordered attribute set shared by many records (encoded once, cached)."""
@@ -61,7 +58,9 @@ class Record:
 
     ``uid`` becomes the ``log.record.uid`` attribute: derived from what the record is (project,
     source, target, offset or event identity), so a replay yields the same uid.
-    ``service`` selects the resource (``service.name``) the record is sent under.
+    ``resource`` is what the record is sent under (``service.name`` and the like, one
+    :class:`Attributes` object shared by a target's records: the source builds it with
+    ``SourceContext.resource``).
     """
 
     body: AttrValue
@@ -73,7 +72,7 @@ class Record:
     event_name: str = ""
     shared: Attributes = EMPTY_ATTRIBUTES
     attributes: dict[str, AttrValue] = field(default_factory=dict)
-    service: str = SERVICE_TRAINING
+    resource: Attributes = EMPTY_ATTRIBUTES
 
     def all_attributes(self) -> dict[str, AttrValue]:
         """Shared and per-record attributes together, plus ``log.record.uid`` (for tests and printing)."""

@@ -12,7 +12,7 @@ substitution, the ``HUAWEICLOUD_SDK_*`` credential fallbacks, per-key validation
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,27 +30,14 @@ RESOURCE_ENV = ("OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME")
 
 @dataclass(frozen=True)
 class ResourceSettings:
-    """What every resource is built from; ``for_service`` gives one per ``service.name``."""
+    """What every source's resource is merged with: ``resource:`` config and ``OTEL_RESOURCE_*``."""
 
-    region: str
-    project_id: str
     configured: Mapping[str, AttrValue] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
 
     def resource(self, source_attributes: Mapping[str, AttrValue | None]) -> Attributes:
         """A source's resource attributes under ``OTEL_RESOURCE_ATTRIBUTES`` and ``resource:`` config."""
         return resource_attributes(source_attributes, configured=self.configured, environ=self.environ)
-
-    def for_service(self, service: str) -> Attributes:
-        return self.resource(
-            {
-                "service.name": service,
-                "cloud.provider": "huawei_cloud",
-                "cloud.platform": "huawei_cloud_modelarts",
-                "cloud.region": self.region,
-                "modelarts.project.id": self.project_id,
-            }
-        )
 
 
 @dataclass(frozen=True)
@@ -81,10 +68,6 @@ class Settings:
     auth: AuthSettings
     telemetry: TelemetrySettings
     checkpoint_path: str
-
-    @property
-    def resource_for(self) -> Callable[[str], Attributes]:
-        return self.resource.for_service
 
 
 def _file_problems(config: Config, exporter: ExporterSettings) -> list[str]:
@@ -138,8 +121,6 @@ def resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         config=config,
         exporter=exporter,
         resource=ResourceSettings(
-            region=ma.region,
-            project_id=ma.project_id,
             configured=MappingProxyType(dict(config.resource.attributes)),
             environ=MappingProxyType({k: environ[k] for k in RESOURCE_ENV if k in environ}),
         ),

@@ -21,7 +21,6 @@ import pytest
 
 from collector_plugin.config import BatchConfig
 from collector_plugin.export import Pipeline, Transport
-from collector_plugin.records import Attributes
 from collector_plugin.telemetry import Metrics
 from collector_plugin.testing import MemoryCheckpointStore, MemoryTransport
 
@@ -68,10 +67,6 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-def default_resource(service: str) -> Attributes:
-    return Attributes([("service.name", service)])
-
-
 @pytest.fixture
 async def make_pipeline(
     metrics: Metrics,
@@ -89,8 +84,7 @@ async def make_pipeline(
             "scope_version": "test",
         }
         options.update(overrides)
-        resource_for = options.pop("resource_for", default_resource)
-        pipeline = Pipeline(transport, store, resource_for, **options)
+        pipeline = Pipeline(transport, store, **options)
         await pipeline.start()
         made.append(pipeline)
         return pipeline

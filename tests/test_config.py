@@ -240,11 +240,13 @@ def test_settings_are_resolved_once_and_frozen(tmp_path: Path) -> None:
     assert settings.checkpoint_path == str(tmp_path / "checkpoints.db")
     assert settings.auth.method == "aksk" and settings.auth.iam_endpoint == ""
     assert settings.telemetry.address == ("0.0.0.0", 8888)
-    resource = settings.resource_for("modelarts-training").as_dict()
+    resource = settings.resource.resource(
+        {"service.name": "modelarts-training", "cloud.region": "cn-north-4"}
+    ).as_dict()
     assert resource["deployment.environment"] == "prod"
-    assert resource["cloud.region"] == "cn-north-4"
+    assert resource["cloud.region"] == "cn-north-4" and resource["service.name"] == "modelarts-training"
     env["OTEL_RESOURCE_ATTRIBUTES"] = "deployment.environment=changed"
-    assert settings.resource_for("x").as_dict()["deployment.environment"] == "prod"
+    assert settings.resource.resource({"service.name": "x"}).as_dict()["deployment.environment"] == "prod"
     with pytest.raises(AttributeError):
         settings.checkpoint_path = "/elsewhere"  # type: ignore[misc]
 

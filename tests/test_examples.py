@@ -334,7 +334,12 @@ def test_the_attribute_list_matches_the_code() -> None:
     """The names the dashboard test allows must be names the package really writes."""
     source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     mapper = LineMapper(
-        scope="p", source="s", target="t", shared=EMPTY_ATTRIBUTES, service="x", prefix=LOG_ATTRIBUTE_PREFIX
+        scope="p",
+        source="s",
+        target="t",
+        shared=EMPTY_ATTRIBUTES,
+        resource=EMPTY_ATTRIBUTES,
+        prefix=LOG_ATTRIBUTE_PREFIX,
     )
     line = mapper.record("a", 0, 0, continued=True, partial=True)
     derived = {f'"{name}"' for name in line.attributes}

@@ -470,7 +470,9 @@ async def test_batches_respect_max_bytes(make_pipeline: MakePipeline) -> None:
     pipeline = await make_pipeline(
         transport, store, batch=BatchConfig(max_records=1000, max_bytes=8 * 1024, max_delay=0.001)
     )
-    records = [Record(body="x" * 1000, uid=f"u{i}", observed_ns=1, service="a" if i % 3 else "b") for i in range(60)]
+    records = [
+        Record(body="x" * 1000, uid=f"u{i}", observed_ns=1, resource=RES_A if i % 3 else RES_B) for i in range(60)
+    ]
     await pipeline.put(Span("t", records, "c"))
     assert await pipeline.flush(5)
     assert max(sizes) <= 8 * 1024
@@ -494,7 +496,6 @@ async def test_close_delivers_within_grace_and_reports_success(metrics: Metrics)
     pipeline = Pipeline(
         transport,
         store,
-        lambda s: Attributes([("service.name", s)]),
         batch=BatchConfig(max_records=1000, max_delay=3600),
         queue_size=100,
         max_in_flight=1,
@@ -517,7 +518,6 @@ async def test_close_with_collector_down_gives_up_without_committing(metrics: Me
     pipeline = Pipeline(
         transport,
         store,
-        lambda s: Attributes([("service.name", s)]),
         batch=BatchConfig(max_delay=0.001),
         queue_size=100,
         max_in_flight=2,
@@ -560,7 +560,6 @@ async def test_records_carry_resource_scope_and_uid(make_pipeline: MakePipeline)
     pipeline = await make_pipeline(
         transport,
         store,
-        resource_for=lambda s: Attributes([("service.name", s), ("cloud.region", "cn-north-4")]),
     )
     shared = Attributes([("modelarts.job.id", "j1")])
     await pipeline.put(
@@ -577,7 +576,7 @@ async def test_records_carry_resource_scope_and_uid(make_pipeline: MakePipeline)
                     event_name="e",
                     shared=shared,
                     attributes={"n": 1},
-                    service="modelarts-inference",
+                    resource=Attributes([("service.name", "modelarts-inference"), ("cloud.region", "cn-north-4")]),
                 )
             ],
             "c",
@@ -668,8 +667,7 @@ def padded(target: str, n: int, cursor: str, pad: int) -> Span:
     return Span(target, records, cursor)
 
 
-def resource(service: str) -> Attributes:
-    return Attributes([("service.name", service)])
+RES_A, RES_B = Attributes([("service.name", "a")]), Attributes([("service.name", "b")])
 
 
 def encoded_size(s: Span) -> int:
@@ -687,7 +685,7 @@ async def test_put_waits_while_max_bytes_are_held_then_resumes(metrics: Metrics)
     spans = [padded("t", 4, str(i), 300) for i in range(3)]
     size = encoded_size(spans[0])
     cfg = ExporterConfig(queue_size=1000, queue_max_bytes=max(1024, size * 5 // 2), batch=BatchConfig(max_delay=0.001))
-    pipeline = build_pipeline(cfg, store, resource, metrics, {}, transport=transport)
+    pipeline = build_pipeline(cfg, store, metrics, {}, transport=transport)
     await pipeline.start()
     try:
         transport.block()
@@ -795,7 +793,6 @@ def test_bytes_held_never_exceed_the_bound_but_for_one_span(
         pipeline = Pipeline(
             transport,
             store,
-            resource,
             batch=BatchConfig(max_records=7, max_bytes=2048, max_delay=0.001),
             queue_size=10_000,
             queue_max_bytes=bound,

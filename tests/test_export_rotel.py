@@ -29,6 +29,9 @@ def resource_for(service: str) -> Attributes:
     return Attributes([("service.name", service), ("cloud.provider", "huawei_cloud"), ("cloud.region", "cn-north-4")])
 
 
+TRAINING, INFERENCE = resource_for("modelarts-training"), resource_for("modelarts-inference")
+
+
 def make_records(prefix: str, n: int) -> list[Record]:
     return [
         Record(
@@ -41,7 +44,7 @@ def make_records(prefix: str, n: int) -> list[Record]:
             event_name="modelarts.event" if i % 4 == 0 else "",
             shared=SHARED,
             attributes={"log.file.line": i, "ratio": i / 4, "ok": i % 2 == 0, "log.iostream": "stdout"},
-            service="modelarts-training" if i % 10 else "modelarts-inference",
+            resource=TRAINING if i % 10 else INFERENCE,
         )
         for i in range(n)
     ]
@@ -56,7 +59,7 @@ def expected(record: Record) -> dict[str, Any]:
         "time_unix_nano": record.time_ns,
         "observed_time_unix_nano": record.observed_ns,
         "event_name": record.event_name,
-        "resource": resource_for(record.service).as_dict(),
+        "resource": record.resource.as_dict(),
     }
 
 
@@ -74,7 +77,7 @@ async def test_records_arrive_field_for_field(
 ) -> None:
     store = MemoryCheckpointStore()
     transport = make_transport(settings_for(rotel_collector, protocol, compression))
-    pipeline = await make_pipeline(transport, store, resource_for=resource_for)
+    pipeline = await make_pipeline(transport, store)
     records = make_records("r", 60)
     await pipeline.put(Span("job-42/worker-0", records[:25], "c1"))
     await pipeline.put(Span("job-42/worker-0", records[25:], "c2"))
@@ -96,7 +99,6 @@ async def test_collector_down_for_a_while_loses_nothing(
     pipeline = Pipeline(
         transport,
         store,
-        resource_for,
         batch=BatchConfig(max_records=30, max_delay=0.01),
         queue_size=200,
         max_in_flight=2,
@@ -144,7 +146,7 @@ async def test_build_pipeline_from_config_and_environment(rotel_collector: Rotel
         "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=a",
     }
     store = MemoryCheckpointStore()
-    pipeline = build_pipeline(cfg, store, resource_for, metrics, env, scope_version="9")
+    pipeline = build_pipeline(cfg, store, metrics, env, scope_version="9")
     await pipeline.start()
     try:
         await pipeline.put(Span("t", make_records("cfg", 3), "c"))

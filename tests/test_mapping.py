@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from collector_plugin.http import ApiClient
 from collector_plugin.logs import REDACTED
 from collector_plugin.mapping import LineMapper, line_severity, parse_resource_env, record_uid, resource_attributes
-from collector_plugin.records import SERVICE_INFERENCE, SERVICE_TRAINING, AttrValue
+from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue
 from collector_plugin.source import Connection, SourceContext
-from collector_plugin.sources.modelarts.client import modelarts_resource
+from collector_plugin.sources.modelarts.client import SERVICE_INFERENCE, SERVICE_TRAINING, modelarts_resource
 from collector_plugin.sources.modelarts.records import (
     EVENT_SERVICE_UPDATE,
     EVENT_TRAINING_JOB,
@@ -58,20 +58,23 @@ def test_event_severity_and_source() -> None:
     ]
 
 
+TRAINING = Attributes([("service.name", SERVICE_TRAINING)])
+
+
 def test_task_line_record() -> None:
     mapper = LineMapper(
         scope="p",
         source="training_task_logs",
         target="t/j/w",
         shared=task_log_attributes("j", "worker-0", "job-a"),
-        service=SERVICE_TRAINING,
+        resource=TRAINING,
         prefix="modelarts.log",
     )
     record = mapper.record("[ERROR] 训练失败 🔥", 4096, observed_ns=7)
     assert record.body == "[ERROR] 训练失败 🔥"
     assert record.severity_number == 17
     assert record.observed_ns == 7
-    assert record.service == SERVICE_TRAINING
+    assert record.resource is TRAINING
     attrs = record.all_attributes()
     assert attrs["modelarts.training_job.id"] == "j"
     assert attrs["modelarts.training_job.name"] == "job-a"
@@ -89,7 +92,7 @@ def test_progress_sample_is_marked_and_a_plain_line_is_not() -> None:
         source="s",
         target="t",
         shared=task_log_attributes("j", "worker-0"),
-        service="x",
+        resource=TRAINING,
         prefix="modelarts.log",
     )
     sample = mapper.record(" 40%|####      | 4/10", 12, observed_ns=1, progress=True)
@@ -109,9 +112,7 @@ def test_v1_attributes() -> None:
 @given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=1, max_value=10**12))
 def test_uid_is_stable_and_offset_sensitive(offset: int, observed: int) -> None:
     def mapper() -> LineMapper:
-        return LineMapper(
-            scope="p", source="s", target="t", shared=task_log_attributes("j", "w"), service=SERVICE_TRAINING
-        )
+        return LineMapper(scope="p", source="s", target="t", shared=task_log_attributes("j", "w"), resource=TRAINING)
 
     first = mapper().record("line", offset, observed_ns=observed)
     again = mapper().record("line", offset, observed_ns=observed + 1)
@@ -171,7 +172,7 @@ def test_service_update_record_redacts_envs() -> None:
     assert record.attributes["modelarts.service.config"][0]["envs"] == {"DB_PASSWORD": REDACTED}  # type: ignore[index]
     assert record.event_name == EVENT_SERVICE_UPDATE
     assert record.severity_number == 17 and record.severity_text == "FAIL"
-    assert record.service == SERVICE_INFERENCE
+    assert record.resource == EMPTY_ATTRIBUTES  # the reader passes its target's resource
     assert record.time_ns == 1_700_000_000_000 * 1_000_000
     assert "resnet 1.0.1 (weight 70%)" in str(record.body)
     assert "nodes ok 1, failed 2" in str(record.body)

@@ -66,7 +66,7 @@ def records(draw: st.DrawFn, shared_pool: list[Attributes]) -> Record:
         event_name=draw(texts),
         shared=draw(st.sampled_from(shared_pool)),
         attributes=draw(attr_dicts),
-        service=draw(services),
+        resource=resource_for(draw(services)),
     )
 
 
@@ -77,8 +77,16 @@ SHARED_POOL = [
 ]
 
 
+_RESOURCES: dict[str, Attributes] = {}
+
+
 def resource_for(service: str) -> Attributes:
-    return Attributes([("service.name", service), ("cloud.provider", "huawei_cloud"), ("k8s.pod.uid", "")])
+    """One shared resource per service, as a source keeps one per target."""
+    if service not in _RESOURCES:
+        _RESOURCES[service] = Attributes(
+            [("service.name", service), ("cloud.provider", "huawei_cloud"), ("k8s.pod.uid", "")]
+        )
+    return _RESOURCES[service]
 
 
 def expected(record: Record) -> dict[str, Any]:
@@ -93,7 +101,7 @@ def expected(record: Record) -> dict[str, Any]:
         "time_unix_nano": record.time_ns,
         "observed_time_unix_nano": record.observed_ns,
         "event_name": record.event_name,
-        "resource": resource_for(record.service).as_dict(),
+        "resource": record.resource.as_dict(),
         "scope_name": "collector_plugin",
         "scope_version": "1.2.3",
     }
@@ -101,16 +109,16 @@ def expected(record: Record) -> dict[str, Any]:
 
 def grouped_by_service(recs: list[Record]) -> list[Record]:
     """The order the request holds: one ResourceLogs per service, in order of first appearance."""
-    order: dict[str, list[Record]] = {}
+    order: dict[Attributes, list[Record]] = {}
     for r in recs:
-        order.setdefault(r.service, []).append(r)
+        order.setdefault(r.resource, []).append(r)
     return [r for group in order.values() for r in group]
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(records(SHARED_POOL), max_size=6))
 def test_request_decodes_field_for_field(recs: list[Record]) -> None:
-    payload = encode_export_request(recs, resource_for, "collector_plugin", "1.2.3")
+    payload = encode_export_request(recs, "collector_plugin", "1.2.3")
     decoded = decode_request(payload)
     assert decoded == [expected(r) for r in grouped_by_service(recs)]
 
@@ -118,7 +126,7 @@ def test_request_decodes_field_for_field(recs: list[Record]) -> None:
 @given(values)
 def test_body_of_any_type_round_trips(body: Any) -> None:
     record = Record(body=body, uid="u", observed_ns=0)
-    [decoded] = decode_request(encode_export_request([record], resource_for, "s", ""))
+    [decoded] = decode_request(encode_export_request([record], "s", ""))
     assert decoded["body"] == as_plain(body)
 
 
@@ -127,7 +135,7 @@ def test_empty_and_zero_fields_decode_as_unset_but_body_stays_a_string() -> None
 
     record = Record(body="", uid="", observed_ns=0)
     request = ExportLogsServiceRequest()
-    request.ParseFromString(encode_export_request([record], resource_for, "s", "v"))
+    request.ParseFromString(encode_export_request([record], "s", "v"))
     log = request.resource_logs[0].scope_logs[0].log_records[0]
     assert log.body.WhichOneof("value") == "string_value"
     assert log.body.string_value == ""
@@ -137,7 +145,7 @@ def test_empty_and_zero_fields_decode_as_unset_but_body_stays_a_string() -> None
 
 def test_ints_beyond_int64_are_sent_as_their_text() -> None:
     record = Record(body=2**64, uid="u", observed_ns=1, attributes={"big": -(2**70), "edge": -(2**63)})
-    [decoded] = decode_request(encode_export_request([record], resource_for, "s", ""))
+    [decoded] = decode_request(encode_export_request([record], "s", ""))
     assert decoded["body"] == str(2**64)
     assert decoded["attributes"]["big"] == str(-(2**70))
     assert decoded["attributes"]["edge"] == -(2**63)
@@ -146,7 +154,7 @@ def test_ints_beyond_int64_are_sent_as_their_text() -> None:
 def test_special_floats_round_trip() -> None:
     attrs = {"inf": math.inf, "ninf": -math.inf, "neg0": -0.0, "tiny": 5e-324}
     [decoded] = decode_request(
-        encode_export_request([Record(body=1.5, uid="u", observed_ns=1, attributes=attrs)], resource_for, "s", "")
+        encode_export_request([Record(body=1.5, uid="u", observed_ns=1, attributes=attrs)], "s", "")
     )
     assert decoded["attributes"] == {**attrs, "log.record.uid": "u"}
     assert math.copysign(1.0, decoded["attributes"]["neg0"]) == -1.0
@@ -154,17 +162,19 @@ def test_special_floats_round_trip() -> None:
 
 def test_shared_attributes_and_resource_are_encoded_once() -> None:
     calls: list[str] = []
+    resource = Attributes([("service.name", "modelarts-training")])
 
-    def counting_resource(service: str) -> Attributes:
-        calls.append(service)
-        return resource_for(service)
+    def counting(items: tuple[tuple[str, Any], ...]) -> bytes:
+        calls.append(str(items))
+        return b"\x0a\x00"
 
+    resource.encoded(counting)  # primes the cache: the encoder must reuse it, never encode again
     shared = Attributes([("modelarts.job.id", "j")])
-    encoder = OtlpEncoder(counting_resource, "s", "")
-    recs = [Record(body=str(i), uid=str(i), observed_ns=1, shared=shared) for i in range(3)]
+    encoder = OtlpEncoder("s", "")
+    recs = [Record(body=str(i), uid=str(i), observed_ns=1, shared=shared, resource=resource) for i in range(3)]
     first = encoder.encode(recs)
     assert encoder.encode(recs) == first
-    assert calls == ["modelarts-training"]
+    assert len(calls) == 1
     shared_bytes = shared.encoded(lambda items: b"not used: already cached")
     assert shared_bytes != b"not used: already cached"
 
@@ -187,7 +197,7 @@ def test_encoded_size_is_the_framed_record_length() -> None:
 
 def test_lone_surrogates_are_replaced_not_fatal() -> None:
     record = Record(body="bad \udcff byte", uid="u\ud800", observed_ns=1, attributes={"k": "v\udfff"})
-    [decoded] = decode_request(encode_export_request([record], resource_for, "s", ""))
+    [decoded] = decode_request(encode_export_request([record], "s", ""))
     assert decoded["body"] == "bad ? byte"
     assert decoded["attributes"] == {"k": "v?", "log.record.uid": "u?"}
 
@@ -203,7 +213,7 @@ def test_lone_surrogates_are_replaced_not_fatal() -> None:
 def test_length_boundaries_of_the_fast_paths(body: str, uid: str, key: str, text: str, number: int) -> None:
     attributes: dict[str, Any] = {key: text, key + "#n": number}
     record = Record(body=body, uid=uid, observed_ns=1, attributes=attributes)
-    [decoded] = decode_request(encode_export_request([record], resource_for, "s", ""))
+    [decoded] = decode_request(encode_export_request([record], "s", ""))
     assert decoded["body"] == body
     assert decoded["attributes"] == {**attributes, "log.record.uid": uid}
 
@@ -212,7 +222,7 @@ def test_large_body_and_many_attributes() -> None:
     body = "长" * 20_000
     attributes: dict[str, Any] = {f"k{i}": "v" * i for i in range(300)}
     record = Record(body=body, uid="u" * 5000, observed_ns=1, attributes=attributes)
-    [decoded] = decode_request(encode_export_request([record], resource_for, "s", ""))
+    [decoded] = decode_request(encode_export_request([record], "s", ""))
     assert decoded["body"] == body
     assert decoded["attributes"] == {**attributes, "log.record.uid": "u" * 5000}
 
@@ -228,6 +238,6 @@ def test_every_length_around_the_one_byte_boundaries() -> None:
                 attributes={"k" * (n % 140 + 1): "v" * n, "i" * (n % 130 + 1): (1 << (n % 64)) - 1},
             )
         )
-    decoded = decode_request(encode_export_request(records, resource_for, "s", ""))
+    decoded = decode_request(encode_export_request(records, "s", ""))
     assert [d["body"] for d in decoded] == [r.body for r in records]
     assert [d["attributes"] for d in decoded] == [r.all_attributes() for r in records]

@@ -141,6 +141,7 @@ def test_installed_plugin_reader_yields_spans_and_resumes(installed_example: Non
     assert bodies[3].startswith("http://127.0.0.1:9/down: ") and "503" in bodies[3]
     assert [json.loads(s.cursor)["count"] for s in spans] == [1, 2, 3, 1]
     assert len({s.records[0].uid for s in spans}) == 4
+    assert spans[0].records[0].resource.as_dict() == {"service.name": "hello-probe"}  # nothing of Huawei
     assert seen.count("http://127.0.0.1:9/down") > 1  # a 503 was retried by the context's client
 
 

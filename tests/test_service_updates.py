@@ -14,10 +14,10 @@ from modelarts_helpers import modelarts_context
 
 from collector_plugin.backoff import Backoff
 from collector_plugin.logs import REDACTED
-from collector_plugin.records import SERVICE_INFERENCE, Record, Span
+from collector_plugin.records import Record, Span
 from collector_plugin.simulator import Simulator, edge_detail
 from collector_plugin.source import BadCursor
-from collector_plugin.sources.modelarts.client import ModelArtsClient
+from collector_plugin.sources.modelarts.client import SERVICE_INFERENCE, ModelArtsClient
 from collector_plugin.sources.modelarts.records import EVENT_SERVICE_UPDATE
 from collector_plugin.sources.modelarts.service_updates import (
     ServiceTarget,
@@ -89,7 +89,9 @@ async def test_running_then_success_gives_exactly_two_records(sim: Simulator, cl
     both = first + second
     assert first[0].uid != second[0].uid
     assert all(r.time_ns == update.update_time * 1_000_000 for r in both)
-    assert all(r.event_name == EVENT_SERVICE_UPDATE and r.service == SERVICE_INFERENCE for r in both)
+    assert all(
+        r.event_name == EVENT_SERVICE_UPDATE and r.resource.as_dict()["service.name"] == SERVICE_INFERENCE for r in both
+    )
     assert both[0].shared.as_dict() == {"modelarts.service.id": svc.id, "modelarts.service.name": "ocr"}
     config = both[0].attributes["modelarts.service.config"]
     assert isinstance(config, list) and isinstance(config[0], dict)

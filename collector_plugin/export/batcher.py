@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collector_plugin.config import BatchConfig
-from collector_plugin.records import Span
+from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, Span
 
 # Framing bytes per request beyond the records themselves (resource/scope headers are added apart).
 REQUEST_OVERHEAD = 64
@@ -23,7 +23,7 @@ class QueuedSpan:
     bytes are all delivery needs, and fewer live objects keep memory and GC time down.
     """
 
-    __slots__ = ("framed", "ident", "nbytes", "sent", "service", "services", "target", "uids")
+    __slots__ = ("framed", "ident", "nbytes", "resource", "resources", "sent", "target", "uids")
 
     def __init__(self, span: Span, framed: list[bytes], ident: int) -> None:
         records = span.records
@@ -31,10 +31,11 @@ class QueuedSpan:
         self.target = span.target
         self.framed = framed
         self.uids = [r.uid for r in records]
-        first = records[0].service if records else ""
-        # One service per span is the rule; a per-record list only for the rare mixed span.
-        self.service: str | None = first if all(r.service == first for r in records) else None
-        self.services: list[str] = [] if self.service is not None else [r.service for r in records]
+        first = records[0].resource if records else EMPTY_ATTRIBUTES
+        # One resource per span is the rule; a per-record list only for the rare mixed span.
+        same = all(r.resource is first or r.resource == first for r in records)
+        self.resource: Attributes | None = first if same else None
+        self.resources: list[Attributes] = [] if same else [r.resource for r in records]
         self.nbytes = sum(map(len, framed))
         self.sent = 0
 
@@ -56,11 +57,11 @@ class Batch:
 class Batcher:
     """The spans whose records were not handed to a batch yet, and the rules to cut the next one.
 
-    ``header_size(service)`` is what a service's first record adds to a request (its resource and
-    scope headers), so a batch never outgrows ``max_bytes`` however many services it mixes.
+    ``header_size(resource)`` is what a resource's first record adds to a request (its resource
+    and scope headers), so a batch never outgrows ``max_bytes`` however many resources it mixes.
     """
 
-    def __init__(self, batch: BatchConfig, header_size: Callable[[str], int]) -> None:
+    def __init__(self, batch: BatchConfig, header_size: Callable[[Attributes], int]) -> None:
         self._max_records = batch.max_records
         self._max_bytes = batch.max_bytes
         self._max_delay = float(batch.max_delay)
@@ -105,19 +106,19 @@ class Batcher:
         slices: list[Slice] = []
         count = nbytes = 0
         budget = self._max_bytes - REQUEST_OVERHEAD
-        services: set[str] = set()
+        resources: set[Attributes] = set()
         pending = self._pending
         while pending and count < self._max_records:
             span = pending[0]
             framed = span.framed
             start = stop = span.sent
             limit = min(len(framed), start + self._max_records - count)
-            if span.service is not None:
-                budget -= self._new_header(span.service, services)
+            if span.resource is not None:
+                budget -= self._new_header(span.resource, resources)
             while stop < limit:
                 size = len(framed[stop])
-                if span.service is None:
-                    size += self._new_header(span.services[stop], services)
+                if span.resource is None:
+                    size += self._new_header(span.resources[stop], resources)
                 if size > budget and (count or stop > start):
                     break
                 budget -= size
@@ -140,22 +141,22 @@ class Batcher:
         self._seq += 1
         return Batch(slices, count, nbytes, self._seq)
 
-    def _new_header(self, service: str, seen: set[str]) -> int:
-        if service in seen:
+    def _new_header(self, resource: Attributes, seen: set[Attributes]) -> int:
+        if resource in seen:
             return 0
-        seen.add(service)
-        return self._header_size(service)
+        seen.add(resource)
+        return self._header_size(resource)
 
 
-def by_service(slices: Sequence[Slice]) -> dict[str, list[bytes]]:
-    """The encoded records of ``slices`` grouped by service, in order (one ResourceLogs each)."""
-    grouped: dict[str, list[bytes]] = {}
+def by_resource(slices: Sequence[Slice]) -> dict[Attributes, list[bytes]]:
+    """The encoded records of ``slices`` grouped by resource, in order (one ResourceLogs each)."""
+    grouped: dict[Attributes, list[bytes]] = {}
     for span, start, stop in slices:
-        if span.service is not None:
-            grouped.setdefault(span.service, []).extend(span.framed[start:stop])
+        if span.resource is not None:
+            grouped.setdefault(span.resource, []).extend(span.framed[start:stop])
             continue
         for i in range(start, stop):
-            grouped.setdefault(span.services[i], []).append(span.framed[i])
+            grouped.setdefault(span.resources[i], []).append(span.framed[i])
     return grouped
 
 

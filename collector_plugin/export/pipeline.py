@@ -29,13 +29,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from collector_plugin.backoff import Backoff
 from collector_plugin.checkpoint import CursorStore
 from collector_plugin.config import DEFAULT_QUEUE_MAX_BYTES, BatchConfig, ExporterConfig
 from collector_plugin.errors import ExportError, ReceiverError
-from collector_plugin.export.batcher import Batch, Batcher, QueuedSpan, Slice, by_service, slice_bytes
+from collector_plugin.export.batcher import Batch, Batcher, QueuedSpan, Slice, by_resource, slice_bytes
 from collector_plugin.export.ledger import AckLedger, split_parts
 from collector_plugin.export.settings import resolve_exporter
 from collector_plugin.export.transports import RetryableExportError, Transport, make_transport
@@ -53,7 +53,6 @@ class Pipeline:
         self,
         transport: Transport,
         store: CursorStore,
-        resource_for: Callable[[str], Attributes],
         *,
         batch: BatchConfig,
         queue_size: int,
@@ -67,7 +66,7 @@ class Pipeline:
     ) -> None:
         self._transport = transport
         self._store = store
-        self._encoder = OtlpEncoder(resource_for, scope_name, scope_version)
+        self._encoder = OtlpEncoder(scope_name, scope_version)
         self._queue = Batcher(batch, self._header_size)
         self._ledger = AckLedger()
         self._queue_size = queue_size
@@ -210,8 +209,8 @@ class Pipeline:
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
 
-    def _header_size(self, service: str) -> int:
-        return len(self._encoder.resource(service)) + len(self._encoder.scope) + 16
+    def _header_size(self, resource: Attributes) -> int:
+        return len(self._encoder.resource(resource)) + len(self._encoder.scope) + 16
 
     # -- delivery
 
@@ -223,7 +222,7 @@ class Pipeline:
 
     async def _send_until_done(self, slices: list[Slice], nrecords: int, nbytes: int, seq: int) -> None:
         """Send ``slices``; retry forever on retryable errors; split on a permanent refusal."""
-        payload = self._encoder.assemble(by_service(slices))
+        payload = self._encoder.assemble(by_resource(slices))
         attempt = 0
         while True:
             await self._wait_turn(seq)
@@ -350,7 +349,6 @@ class Pipeline:
 def build_pipeline(
     cfg: ExporterConfig,
     store: CursorStore,
-    resource_for: Callable[[str], Attributes],
     metrics: Metrics,
     environ: Mapping[str, str],
     scope_version: str = "",
@@ -363,7 +361,6 @@ def build_pipeline(
     return Pipeline(
         transport or make_transport(resolve_exporter(cfg, environ)),
         store,
-        resource_for,
         batch=cfg.batch,
         queue_size=cfg.queue_size,
         queue_max_bytes=cfg.queue_max_bytes,

@@ -73,7 +73,6 @@ async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Resu
     pipeline = Pipeline(
         make_transport(settings),
         MemoryCheckpointStore(),
-        lambda service: resource,
         batch=BatchConfig(),
         queue_size=cfg.queue_size,
         queue_max_bytes=cfg.queue_max_bytes,
@@ -98,6 +97,7 @@ async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Resu
                 severity_text="INFO",
                 shared=shared,
                 attributes={"log.file.line": i, "log.iostream": "stdout", "log.file.offset": offset},
+                resource=resource,
             )
             for i in range(start, min(n, start + SPAN_SIZE))
         ]
@@ -120,7 +120,6 @@ async def catch_up(mib: int, settings: ExporterSettings, queue_max_bytes: int) -
     pipeline = Pipeline(
         make_transport(settings),
         MemoryCheckpointStore(),
-        lambda service: resource,
         batch=BatchConfig(),
         queue_size=cfg.queue_size,
         queue_max_bytes=queue_max_bytes,
@@ -134,7 +133,10 @@ async def catch_up(mib: int, settings: ExporterSettings, queue_max_bytes: int) -
     sent = offset = 0
     wall = time.perf_counter()
     while sent < mib * 1024 * 1024:
-        records = [Record(body=f"{offset + i:012d} {line}", uid=f"c/{offset + i}", observed_ns=i) for i in range(200)]
+        records = [
+            Record(body=f"{offset + i:012d} {line}", uid=f"c/{offset + i}", observed_ns=i, resource=resource)
+            for i in range(200)
+        ]
         offset += len(records)
         sent += sum(len(r.body) for r in records)
         await pipeline.put(Span("catch-up/worker-0", records, str(offset)))

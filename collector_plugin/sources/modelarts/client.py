@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from collector_plugin.api import ApiClient, Attributes, SourceContext
+from collector_plugin.api import ApiClient, Attributes, SourceConfig, SourceContext
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -84,16 +84,27 @@ def modelarts_client(context: SourceContext) -> ModelArtsClient:
     return ModelArtsClient(connection.client, connection.settings.get("project_id", ""))
 
 
-def modelarts_resource(context: SourceContext, service: str) -> Attributes:
-    """The resource of ModelArts records: ``service.name`` and the cloud attributes.
+class StreamsConfig(SourceConfig):
+    """How a ModelArts source's records map to Loki streams."""
 
-    Only low-cardinality values (Loki indexes resource attributes as labels); job, task and
-    service ids are record attributes.
+    streams: Literal["per_log", "per_service"] = Field(
+        default="per_log",
+        description="per_log: each log (a task's log, a job's events, a service's history) is its own "
+        "stream, named by service.instance.id; per_service: one stream per service.name and region.",
+    )
+
+
+def modelarts_resource(context: SourceContext, service: str, instance: str = "") -> Attributes:
+    """The resource of ModelArts records: ``service.name``, the cloud attributes, the log's instance.
+
+    Loki indexes resource attributes as labels, so only ``service.instance.id`` (one value per log,
+    ``""`` for one stream per service) varies; job, task and service details are record attributes.
     """
     settings = context.connection(CONNECTION).settings
     return context.resource(
         {
             "service.name": service,
+            "service.instance.id": instance,
             "cloud.provider": "huawei_cloud",
             "cloud.platform": "huawei_cloud_modelarts",
             "cloud.region": settings.get("region", ""),
@@ -102,4 +113,17 @@ def modelarts_resource(context: SourceContext, service: str) -> Attributes:
     )
 
 
-__all__ = ["CONNECTION", "RETRYABLE_CODES", "ModelArtsClient", "modelarts_client", "modelarts_resource"]
+def stream_resource(context: SourceContext, config: StreamsConfig, service: str, instance: str) -> Attributes:
+    """The resource of one log's records, as ``streams`` asks (its own stream, or its service's)."""
+    return modelarts_resource(context, service, instance if config.streams == "per_log" else "")
+
+
+__all__ = [
+    "CONNECTION",
+    "RETRYABLE_CODES",
+    "ModelArtsClient",
+    "StreamsConfig",
+    "modelarts_client",
+    "modelarts_resource",
+    "stream_resource",
+]

@@ -33,7 +33,13 @@ from collector_plugin.api import (
     hookimpl,
 )
 from collector_plugin.sources.modelarts import discovery, endpoints
-from collector_plugin.sources.modelarts.client import ModelArtsClient, modelarts_client
+from collector_plugin.sources.modelarts.client import (
+    SERVICE_TRAINING,
+    ModelArtsClient,
+    StreamsConfig,
+    modelarts_client,
+    stream_resource,
+)
 from collector_plugin.sources.modelarts.log_reader import ByteLogReader
 from collector_plugin.sources.modelarts.records import v1_log_attributes
 
@@ -52,7 +58,7 @@ class V1JobConfig(BaseModel):
     log_files: list[str] = Field(default_factory=list, description="Empty: list them via .../log/file-names.")
 
 
-class JobLogsV1Config(LineSourceConfig):
+class JobLogsV1Config(StreamsConfig, LineSourceConfig):
     jobs: list[V1JobConfig] = Field(default_factory=list)
     file_names_interval: Duration = Field(default=60.0, description="Seconds between file-name lookups.")
 
@@ -133,6 +139,9 @@ class V1LogReader(ByteLogReader):
             context=context,
             client=client,
             shared=v1_log_attributes(target.job_id, target.version_id, target.file_name),
+            resource=stream_resource(
+                context, config, SERVICE_TRAINING, f"{target.job_id}/{target.version_id}/{target.file_name}"
+            ),
             cursor=cursor,
         )
         self._client = client

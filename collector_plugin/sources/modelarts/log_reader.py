@@ -25,7 +25,7 @@ from collector_plugin.api import (
     SourceContext,
     Span,
 )
-from collector_plugin.sources.modelarts.client import SERVICE_TRAINING, ModelArtsClient
+from collector_plugin.sources.modelarts.client import ModelArtsClient
 from collector_plugin.sources.modelarts.records import LOG_ATTRIBUTE_PREFIX
 
 FINGERPRINT_BYTES = 64  # bytes before the position compared on each poll to spot a rewritten log
@@ -76,6 +76,7 @@ class ByteLogReader:
         context: SourceContext,
         client: ModelArtsClient,
         shared: Attributes,
+        resource: Attributes,
         cursor: str | None,
     ) -> None:
         self.key = key
@@ -84,6 +85,7 @@ class ByteLogReader:
         self.context = context
         self.client = client
         self.shared = shared
+        self.resource = resource
         self.status = ReaderStatus()
         self.codec = CursorCodec(source)
         self.resume: LogCursor | None = None if cursor is None else LogCursor.loads(cursor, self.codec)
@@ -100,7 +102,7 @@ class ByteLogReader:
             source=self.source,
             target=target,
             shared=self.shared,
-            service=SERVICE_TRAINING,
+            resource=self.resource,
             prefix=LOG_ATTRIBUTE_PREFIX,
         )
 

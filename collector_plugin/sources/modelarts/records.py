@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from collector_plugin.api import (
+    EMPTY_ATTRIBUTES,
     REDACTED,
     SEV_ERROR,
     SEV_INFO,
@@ -20,7 +21,6 @@ from collector_plugin.api import (
     Record,
     record_uid,
 )
-from collector_plugin.sources.modelarts.client import SERVICE_INFERENCE
 
 EVENT_TRAINING_JOB = "modelarts.training_job.event"
 EVENT_SERVICE_UPDATE = "modelarts.service.update"
@@ -75,6 +75,7 @@ def event_record(
     source: str,
     identity: str,
     observed_ns: int,
+    resource: Attributes = EMPTY_ATTRIBUTES,
 ) -> Record:
     """A training job event. ``identity`` tells apart events that share time, level and text."""
     severity, _ = event_severity(level)
@@ -88,6 +89,7 @@ def event_record(
         event_name=EVENT_TRAINING_JOB,
         shared=shared,
         attributes={"modelarts.event.source": normalise_event_source(source)},
+        resource=resource,
     )
 
 
@@ -142,6 +144,7 @@ def service_update_record(
     result_detail: Iterable[Mapping[str, Any]] | None = None,
     observed_ns: int,
     position: int = 0,
+    resource: Attributes = EMPTY_ATTRIBUTES,
 ) -> Record:
     """One record per state an update reaches; ``envs`` values never leave this function.
 
@@ -180,5 +183,5 @@ def service_update_record(
         event_name=EVENT_SERVICE_UPDATE,
         shared=Attributes.of({"modelarts.service.id": service_id, "modelarts.service.name": service_name or None}),
         attributes=attributes,
-        service=SERVICE_INFERENCE,
+        resource=resource,
     )

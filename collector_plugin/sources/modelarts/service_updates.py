@@ -29,7 +29,12 @@ from collector_plugin.api import (
     hookimpl,
 )
 from collector_plugin.sources.modelarts import endpoints
-from collector_plugin.sources.modelarts.client import modelarts_client
+from collector_plugin.sources.modelarts.client import (
+    SERVICE_INFERENCE,
+    StreamsConfig,
+    modelarts_client,
+    stream_resource,
+)
 from collector_plugin.sources.modelarts.discovery import Discoverable, DiscoveryConfig, list_services
 from collector_plugin.sources.modelarts.records import SERVICE_UPDATES_SOURCE, service_update_record
 
@@ -47,7 +52,7 @@ class ServiceConfig(BaseModel):
     id: str = Field(min_length=1)
 
 
-class ServiceUpdatesConfig(Discoverable, SourceConfig):
+class ServiceUpdatesConfig(Discoverable, StreamsConfig):
     poll_interval: Duration = 30.0
     start_at: Literal["beginning", "end"] = "beginning"
     services: list[ServiceConfig] = Field(default_factory=list)
@@ -181,6 +186,7 @@ class ServiceUpdatesReader:
         self._emit = cursor is not None or source.config.start_at == "beginning"
         self._last_cursor = cursor
         self._path = source.client.path(EP_SERVICE_LOGS, service_id=target.service_id)
+        self._resource = stream_resource(source.context, source.config, SERVICE_INFERENCE, target.service_id)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         ctx = self._source.context
@@ -209,6 +215,7 @@ class ServiceUpdatesReader:
             result_detail=update.result_detail,
             observed_ns=observed_ns,
             position=position,
+            resource=self._resource,
         )
 
 

@@ -41,7 +41,13 @@ from collector_plugin.api import (
     parse_model,
 )
 from collector_plugin.sources.modelarts import discovery, endpoints
-from collector_plugin.sources.modelarts.client import ModelArtsClient, modelarts_client
+from collector_plugin.sources.modelarts.client import (
+    SERVICE_TRAINING,
+    ModelArtsClient,
+    StreamsConfig,
+    modelarts_client,
+    stream_resource,
+)
 from collector_plugin.sources.modelarts.discovery import Discoverable, DiscoveryConfig, JobInfo
 from collector_plugin.sources.modelarts.log_reader import ByteLogReader
 from collector_plugin.sources.modelarts.records import task_log_attributes
@@ -63,7 +69,7 @@ class TaskJobConfig(BaseModel):
     tasks: list[str] = Field(default_factory=list, description="Empty: read every task of the job.")
 
 
-class TaskLogsConfig(Discoverable, LineSourceConfig):
+class TaskLogsConfig(Discoverable, StreamsConfig, LineSourceConfig):
     jobs: list[TaskJobConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
@@ -121,6 +127,7 @@ class TaskLogReader(ByteLogReader):
             context=context,
             client=client,
             shared=task_log_attributes(target.job_id, target.task, target.job_name),
+            resource=stream_resource(context, config, SERVICE_TRAINING, f"{target.job_id}/{target.task}"),
             cursor=cursor,
         )
         self._client = client

@@ -56,6 +56,7 @@ class ProbeReader:
             time_ns=now,
             severity_number=severity,
             attributes={"probe.url": self._url, "probe.count": self._count},
+            resource=self._source.resource,
         )
         yield api.Span(self.key, [record], CODEC.dumps({"count": self._count}))
 
@@ -69,6 +70,7 @@ class ProbeSource:
         assert context.http_client is not None
         self.config, self.context = config, context
         self.client = context.http_client(SOURCE_NAME, base_url="")
+        self.resource = context.resource({"service.name": "hello-probe"})  # its own, nothing of ModelArts
 
     async def targets(self) -> Sequence[api.Target]:
         return [ProbeTarget(url) for url in self.config.urls]

@@ -21,7 +21,13 @@ from collector_plugin.api import (
     Target,
     hookimpl,
 )
-from collector_plugin.sources.modelarts.client import ModelArtsClient, modelarts_client
+from collector_plugin.sources.modelarts.client import (
+    SERVICE_TRAINING,
+    ModelArtsClient,
+    StreamsConfig,
+    modelarts_client,
+    stream_resource,
+)
 from collector_plugin.sources.modelarts.discovery import Discoverable, DiscoveryConfig, get_job, search_jobs
 from collector_plugin.sources.modelarts.events.model import Event
 from collector_plugin.sources.modelarts.events.pager import EventPager, OffsetMode, ascending
@@ -38,7 +44,7 @@ class EventJobConfig(BaseModel):
     name: str | None = None
 
 
-class EventsConfig(Discoverable, SourceConfig):
+class EventsConfig(Discoverable, StreamsConfig):
     poll_interval: Duration = 10.0
     start_at: Literal["beginning", "end"] = "beginning"
     jobs: list[EventJobConfig] = Field(default_factory=list)
@@ -78,6 +84,7 @@ class EventsReader:
         self._tracker = EventTracker.from_cursor(cursor, lookback_ms=int(config.lookback * 1000))
         self._emit = cursor is not None or config.start_at == "beginning"
         self._shared = event_job_attributes(target.job_id, target.job_name)
+        self._resource = stream_resource(context, config, SERVICE_TRAINING, f"{target.job_id}/events")
         self._last_cursor = cursor
         self._pager = EventPager(client, target.job_id, config.page_size, offsets)
 
@@ -110,6 +117,7 @@ class EventsReader:
         return event_record(
             project_id=self._client.project_id,
             shared=self._shared,
+            resource=self._resource,
             job_id=self._target.job_id,
             time_ns=event.time_ms * 1_000_000,
             level=event.level,
