@@ -28,6 +28,7 @@ from collector_plugin.errors import (
 )
 from collector_plugin.hookspecs import hookimpl
 from collector_plugin.http import ApiClient, parse_model
+from collector_plugin.journal import LogTimes, ReadJournal
 from collector_plugin.lines import Line, LineAssembler, LineSourceConfig
 from collector_plugin.logs import REDACTED
 from collector_plugin.mapping import (
@@ -82,8 +83,10 @@ __all__ = [
     "LineAssembler",
     "LineMapper",
     "LineSourceConfig",
+    "LogTimes",
     "ObsLinkExpired",
     "PluginError",
+    "ReadJournal",
     "Reader",
     "ReaderStatus",
     "ReceiverError",

@@ -157,7 +157,7 @@ class LineMapper:
         return Record(
             body=f"log restarted: it is now {size} bytes, shorter than the {cursor} bytes already read; "
             "reading it again from the start",
-            uid=record_uid(self.scope, self.source, self.target, "restart", cursor, size, observed_ns),
+            uid=record_uid(self.scope, self.source, self.target, "restart", cursor, size),
             observed_ns=observed_ns,
             time_ns=observed_ns,
             severity_number=SEV_WARN,

@@ -18,6 +18,7 @@ from collector_plugin.config import Config
 from collector_plugin.errors import ReceiverError
 from collector_plugin.export import Pipeline, Transport, build_pipeline, make_transport
 from collector_plugin.http import ApiClient, HttpClients
+from collector_plugin.journal import ReadJournal
 from collector_plugin.logs import register_secret
 from collector_plugin.plugins import RegisteredSource
 from collector_plugin.scheduler import Scheduler, SourceRuntime
@@ -125,7 +126,12 @@ def build_connections(config: Config, http: HttpClients) -> dict[str, Connection
 
 
 def source_context(
-    name: str, settings: Settings, http: HttpClients, connections: Mapping[str, Connection], metrics: Metrics
+    name: str,
+    settings: Settings,
+    http: HttpClients,
+    connections: Mapping[str, Connection],
+    metrics: Metrics,
+    journal: ReadJournal | None = None,
 ) -> SourceContext:
     """What one source gets: connections, the client factory, its resource and counters."""
     return SourceContext(
@@ -135,6 +141,7 @@ def source_context(
         resource=settings.resource.resource,
         logger=logging.getLogger(f"collector_plugin.sources.{name}"),
         metrics=SourceCounters(metrics, name),
+        journal=journal or ReadJournal(),
     )
 
 
@@ -160,6 +167,7 @@ def build_receiver(
     connections = build_connections(config, http)
     store = open_store(config.checkpoint.model_copy(update={"path": settings.checkpoint_path}))
     health = Health(metrics, float(config.telemetry.unready_after))
+    journal = ReadJournal(store)  # read times live with the cursors they are pruned by
     pipeline = build_pipeline(
         config.exporter,
         WatchedStore(store, health),
@@ -169,7 +177,9 @@ def build_receiver(
         transport=transport or make_transport(settings.exporter),
     )
     runtimes = [
-        SourceRuntime(name, registry[name].cls(cfg, source_context(name, settings, http, connections, metrics)), cfg)
+        SourceRuntime(
+            name, registry[name].cls(cfg, source_context(name, settings, http, connections, metrics, journal)), cfg
+        )
         for name, cfg in config.sources.items()
     ]
     scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)

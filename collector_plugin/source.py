@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collector_plugin.durations import Duration
 from collector_plugin.errors import ConfigError
+from collector_plugin.journal import ReadJournal
 from collector_plugin.records import Attributes, AttrValue, Record, Span
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ class SourceContext:
     Nothing here is tied to one API: ``connection(name)`` gives a connection the receiver built
     from its config, ``http_client(...)`` builds one for any other API, ``resource(attrs)`` turns
     the source's own resource attributes into the resource its records are sent under (merged
-    with ``OTEL_RESOURCE_ATTRIBUTES`` and the ``resource:`` config).
+    with ``OTEL_RESOURCE_ATTRIBUTES`` and the ``resource:`` config); ``journal`` remembers when
+    positions of a log were first read, so a replay after a crash stamps records identically.
     """
 
     source: str = ""
@@ -166,6 +168,7 @@ class SourceContext:
     clock_ns: Callable[[], int] = time.time_ns
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("collector_plugin.source"))
     metrics: SourceMetrics = field(default_factory=_NoMetrics)
+    journal: ReadJournal = field(default_factory=ReadJournal)
 
     def connection(self, name: str) -> Connection:
         """The connection ``name``; a clear error when the receiver has none of that name."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from collector_plugin.journal import ReadJournal
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import CONNECTION, ModelArtsClient
 from collector_plugin.telemetry import Metrics
@@ -17,8 +18,12 @@ def modelarts_context(
     region: str = "",
     metrics: Metrics | None = None,
     clock_ns: Callable[[], int] | None = None,
+    journal: ReadJournal | None = None,
 ) -> SourceContext:
     settings = {"project_id": client.project_id, "region": region}
-    return source_context(
+    context = source_context(
         source, connections={CONNECTION: Connection(client.api, settings)}, metrics=metrics, clock_ns=clock_ns
     )
+    if journal is not None:
+        context.journal = journal
+    return context

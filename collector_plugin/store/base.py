@@ -69,7 +69,13 @@ class LeaseStore(Protocol):
 
 
 class Store(CursorStore, Protocol):
-    """A checkpoint store with its lease table."""
+    """A checkpoint store with its lease table and the read-time journal (``collector_plugin.journal``)."""
+
+    def read_times(self, key: str) -> list[tuple[int, int, int]]: ...
+
+    def add_read_time(self, key: str, start: int, end: int, time_ns: int) -> None: ...
+
+    def prune_read_times(self, key: str, below: int) -> None: ...
 
     @property
     def leases(self) -> LeaseStore: ...

@@ -38,6 +38,9 @@ _SCHEMA = (
     " expires_at timestamptz NOT NULL, acquired_at timestamptz NOT NULL)",
     "CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner)",
     "CREATE TABLE IF NOT EXISTS members (id text PRIMARY KEY, heartbeat_at timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS read_times ("
+    " key text NOT NULL, start bigint NOT NULL, end_ bigint NOT NULL, time_ns bigint NOT NULL,"
+    " PRIMARY KEY (key, start))",
 )
 
 _COMMIT_UNFENCED = """INSERT INTO cursors AS c (key, cursor) SELECT * FROM unnest(%(keys)s::text[], %(cursors)s::text[])
@@ -121,6 +124,23 @@ class PostgresStore:
             return
         params = {"keys": list(cursors), "cursors": list(cursors.values())}
         self._db.run(lambda c: c.execute(_COMMIT_UNFENCED, params))
+
+    # -- the read-time journal (collector_plugin.journal), shared by replicas like the cursors
+
+    def read_times(self, key: str) -> list[tuple[int, int, int]]:
+        query = "SELECT start, end_, time_ns FROM read_times WHERE key = %s ORDER BY start"
+        rows = self._db.run(lambda c: c.execute(query, (key,)).fetchall())
+        return [(int(a), int(b), int(t)) for a, b, t in rows]
+
+    def add_read_time(self, key: str, start: int, end: int, time_ns: int) -> None:
+        statement = (
+            "INSERT INTO read_times (key, start, end_, time_ns) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key, start) DO UPDATE SET end_ = excluded.end_, time_ns = excluded.time_ns"
+        )
+        self._db.run(lambda c: c.execute(statement, (key, start, end, time_ns)))
+
+    def prune_read_times(self, key: str, below: int) -> None:
+        self._db.run(lambda c: c.execute("DELETE FROM read_times WHERE key = %s AND end_ <= %s", (key, below)))
 
     def close(self) -> None:
         self._db.close()

@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS cursors (
     value TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS read_times (
+    key TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end_ INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    PRIMARY KEY (key, start)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -111,6 +118,35 @@ class CheckpointStore:
             raise CheckpointError(
                 f"cannot write checkpoint store {self.path!r}: {exc} "
                 "(is the disk full or the file read-only?); the previous cursors are kept"
+            ) from exc
+
+    # -- the read-time journal (collector_plugin.journal): written before the records it stamps go out
+
+    def read_times(self, key: str) -> list[tuple[int, int, int]]:
+        try:
+            rows = self._conn.execute(
+                "SELECT start, end_, time_ns FROM read_times WHERE key = ? ORDER BY start", (key,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot read checkpoint store {self.path!r}: {exc}") from exc
+        return [(int(a), int(b), int(t)) for a, b, t in rows]
+
+    def add_read_time(self, key: str, start: int, end: int, time_ns: int) -> None:
+        self._write(
+            "INSERT INTO read_times (key, start, end_, time_ns) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key, start) DO UPDATE SET end_ = excluded.end_, time_ns = excluded.time_ns",
+            (key, start, end, time_ns),
+        )
+
+    def prune_read_times(self, key: str, below: int) -> None:
+        self._write("DELETE FROM read_times WHERE key = ? AND end_ <= ?", (key, below))
+
+    def _write(self, statement: str, params: tuple[object, ...]) -> None:
+        try:
+            self._conn.execute(statement, params)
+        except sqlite3.Error as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint store {self.path!r}: {exc} (is the disk full or the file read-only?)"
             ) from exc
 
     def close(self) -> None:

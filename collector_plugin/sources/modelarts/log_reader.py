@@ -93,6 +93,7 @@ class ByteLogReader:
         self.assembler: LineAssembler | None = None
         self.recent = b""  # the last bytes read before the position: a rewritten log shows here
         self.mapper = self._mapper()
+        self.times = context.journal.open(self.mapper.target, self.resume.offset if self.resume else 0)
         self.grew_ns = context.clock_ns()
 
     def _mapper(self) -> LineMapper:
@@ -151,13 +152,16 @@ class ByteLogReader:
             data[-FINGERPRINT_BYTES:] if len(data) >= FINGERPRINT_BYTES else (self.recent + data)[-FINGERPRINT_BYTES:]
         )
         now = self.context.clock_ns()
+        self.times.stamp(offset, offset + len(data), now)  # before the records go out: a replay reuses it
         records = self._records(lines, now)
         return Span(self.key, records, self.cursor(), len(data))
 
     def _records(self, lines: list[Line], now: int) -> list[Record]:
-        record = self.mapper.record
+        record, at = self.mapper.record, self.times.at
         return [
-            record(ln.text, ln.offset, now, continued=ln.continued, partial=ln.partial, progress=ln.progress)
+            record(
+                ln.text, ln.offset, at(ln.offset, now), continued=ln.continued, partial=ln.partial, progress=ln.progress
+            )
             for ln in lines
         ]
 
@@ -185,9 +189,11 @@ class ByteLogReader:
         assert asm is not None
         now = self.context.clock_ns()
         records = self._records(asm.flush(final=True), now)
-        records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=now))
+        seen_at = self.times.at(max(0, asm.end_offset - 1), now)
+        records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=seen_at))
         self.epoch += 1
         self.mapper = self._mapper()
+        self.times = self.context.journal.open(self.mapper.target)
         self.start(0)
         self.grew_ns = now
         self.context.metrics.restart()
@@ -206,7 +212,8 @@ class ByteLogReader:
         now = self.context.clock_ns()
         records = self._records(asm.flush(final=True), now)
         start = asm.end_offset
-        records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=now))
+        self.times.stamp(start, end, now)
+        records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=self.times.at(start, now)))
         self.start(end)
         self.context.metrics.gap()
         self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)

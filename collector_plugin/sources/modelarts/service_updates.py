@@ -187,6 +187,7 @@ class ServiceUpdatesReader:
         self._last_cursor = cursor
         self._path = source.client.path(EP_SERVICE_LOGS, service_id=target.service_id)
         self._resource = stream_resource(source.context, source.config, SERVICE_INFERENCE, target.service_id)
+        self._times = source.context.journal.open(target.key, self._tracker.floor[0] * 2)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         ctx = self._source.context
@@ -194,13 +195,19 @@ class ServiceUpdatesReader:
         observed = ctx.clock_ns()
         name = answer.service_name or self._target.service_name or ""
         changed = self._tracker.changes(answer.logs or [])
-        records = [self._record(pos, update, name, observed) for pos, update in changed] if self._emit else []
+        records = [self._record(pos, u, name, self._observed(u, observed)) for pos, u in changed] if self._emit else []
         self._emit = True
         self.status.transitional = self._tracker.in_progress
         cursor = self._tracker.cursor()
         if records or cursor != self._last_cursor:
             self._last_cursor = cursor
             yield Span(target=self.key, records=records, cursor=cursor, nbytes=0)
+
+    def _observed(self, update: _Update, now: int) -> int:
+        """When this state of the update was first read (journaled: a replay observes it alike)."""
+        position = update.update_time * 2 + (update.result.strip().upper() not in IN_PROGRESS)
+        self._times.stamp(position, position + 1, now)
+        return self._times.at(position, now)
 
     def _record(self, position: int, update: _Update, service_name: str, observed_ns: int) -> Record:
         return service_update_record(

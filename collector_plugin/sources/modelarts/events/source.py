@@ -87,6 +87,7 @@ class EventsReader:
         self._resource = stream_resource(context, config, SERVICE_TRAINING, f"{target.job_id}/events")
         self._last_cursor = cursor
         self._pager = EventPager(client, target.job_id, config.page_size, offsets)
+        self._times = context.journal.open(target.key, self._tracker.floor)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         """Scan the window once (draining changes nothing: every poll reads to the end)."""
@@ -97,11 +98,15 @@ class EventsReader:
             observed = ctx.clock_ns()
             records: list[Record] = []
             nbytes = 0
+            new: list[tuple[Event, str]] = []
             for event in events:
                 identity = tracker.accept(event)
                 nbytes += len(event.message)
                 if identity is not None and self._emit:
-                    records.append(self._record(event, identity, observed))
+                    new.append((event, identity))
+            if new:  # stamped by event time before the records go out, so a replay observes them alike
+                self._times.stamp(min(e.time_ms for e, _ in new), max(e.time_ms for e, _ in new) + 1, observed)
+                records = [self._record(e, identity, self._times.at(e.time_ms, observed)) for e, identity in new]
             last = events[-1].time_ms if events else None
             tracker.page_done(last, ascending(events))
             lag = (observed // 1_000_000 - last) / 1000 if more and last is not None else 0.0
