@@ -90,6 +90,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def health_url(listen: str) -> str:
+    """Where ``/healthz`` answers for a ``telemetry.listen`` address, seen from the same host."""
+    from collector_plugin.telemetry import parse_listen
+
+    host, port = parse_listen(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Probe ``/healthz`` on the port the config listens on (the image's HEALTHCHECK)."""
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(_config_path(args), load_sources(), os.environ)
+    if not settings.telemetry.listen:
+        raise ReceiverError('telemetry.listen is "": there is no /healthz to check')
+    url = health_url(settings.telemetry.listen)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            print(f"{url}: {response.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ReceiverError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    return 0
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     """List healthy plugins' sources; name each broken plugin on stderr and exit 1."""
     catalog = load_catalog()
@@ -299,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config file; exit 1 listing every problem")
     p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("healthcheck", help="exit 0 when /healthz answers on the port the config listens on")
+    p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer (default: 4)")
+    p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser("simulate", help="serve the built-in ModelArts simulator")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
