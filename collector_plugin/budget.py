@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import re
 import time
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from collector_plugin.telemetry import Metrics
 
 THROTTLE_CODES = frozenset({"APIG.0308", "ModelArts.6101"})
+THROTTLE_QUIET = 30.0  # seconds without a refusal after which a throttling episode is over
+
+log = logging.getLogger("collector_plugin.budget")
 _EPS = 1e-6  # tokens; absorbs float error so a wake-up at the computed instant admits
 
 _UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -391,6 +395,9 @@ class Budget:
         self._futures: dict[int, asyncio.Future[Permit]] = {}
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._episode_started: float | None = None  # when the current throttling episode began
+        self._episode_refusals = 0
+        self._last_refusal = 0.0
         self._publish()
 
     @property
@@ -425,15 +432,47 @@ class Budget:
         retry_after: float | None = None,
     ) -> bool:
         """Learn from one answer; True when it was throttled: retry it through the budget."""
-        throttled = self._core.observe(permit, self._clock(), status, error_code, error_msg, retry_after)
+        now = self._clock()
+        was_paused = self._core.control.paused_until > now
+        throttled = self._core.observe(permit, now, status, error_code, error_msg, retry_after)
         if throttled and self._metrics is not None:
             self._metrics.budget_throttled.labels(self.name, error_code or str(status)).inc()
+        self._log_throttling(now, throttled, was_paused, error_code or str(status), retry_after)
         self._publish()
         self._wake.set()  # a pause or a new rate changes when the next waiter is due
         return throttled
 
     def snapshot(self) -> Snapshot:
         return self._core.snapshot(self._clock())
+
+    def _log_throttling(
+        self, now: float, throttled: bool, was_paused: bool, code: str, retry_after: float | None
+    ) -> None:
+        """One line when an episode begins, one per Retry-After pause, one when it is over."""
+        control = self._core.control
+        fields = {"budget": self.name, "rate": round(control.rate, 3), "ceiling": control.ceiling}
+        if throttled:
+            if self._episode_started is None:
+                self._episode_started, self._episode_refusals = now, 0
+                log.warning(
+                    "API throttling begun: %s refused a call; slowing to %.3g calls/s",
+                    code,
+                    control.rate,
+                    extra={**fields, "error_code": code},
+                )
+            self._episode_refusals += 1
+            self._last_refusal = now
+            if retry_after and not was_paused:
+                log.warning("API asked to wait (Retry-After %gs): pausing every call", retry_after, extra=fields)
+        elif self._episode_started is not None and now - self._last_refusal >= THROTTLE_QUIET:
+            log.info(
+                "API throttling ended after %.0fs (%d calls refused, retried); rate %.3g calls/s",
+                now - self._episode_started,
+                self._episode_refusals,
+                control.rate,
+                extra={**fields, "refused": self._episode_refusals},
+            )
+            self._episode_started = None
 
     async def aclose(self) -> None:
         """Stop the admission task (waiters still queued stay queued)."""

@@ -1,7 +1,9 @@
 """``modelarts-receiver``: run, demo, tail, validate, simulate, sources.
 
 A user mistake is one clear line (or one line per config problem) on stderr and a non-zero
-exit, never a traceback.
+exit, never a traceback. Exit codes: 0 done (or the reader of stdout went away, as with
+``| head``); 1 with the reason on stderr; 2 a command-line mistake; 3 stopped with records left
+unsent (the count is on stderr; their cursors are not committed, so they are read again).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def _config_path(args: argparse.Namespace) -> str:
     return str(path)
 
 
-async def _run_until_signalled(receiver: Any, duration: float | None = None) -> bool:
-    stop = asyncio.Event()
+EXIT_UNSENT = 3
+
+
+async def _run_until_signalled(receiver: Any, duration: float | None = None, stop: asyncio.Event | None = None) -> bool:
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -64,7 +69,16 @@ def prepare_run(path: str, environ: Mapping[str, str]) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     receiver = prepare_run(_config_path(args), os.environ)
     clean = asyncio.run(_run_until_signalled(receiver))
-    return 0 if clean else 3
+    if clean:
+        return 0
+    unsent = receiver.summary.unsent if receiver.summary else "some"
+    grace = float(receiver.config.shutdown.grace_period)
+    print(
+        f"error: {unsent} records left unsent when shutdown.grace_period ({grace:g}s) ran out;"
+        " their cursors are not committed, so they are read again on the next start",
+        file=sys.stderr,
+    )
+    return EXIT_UNSENT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,6 +87,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     settings = load_settings(path, registry, os.environ)
     names = ", ".join(settings.config.sources) or "none"
     print(f"{path}: valid ({len(settings.config.sources)} source(s) enabled: {names})")
+    return 0
+
+
+def health_url(listen: str) -> str:
+    """Where ``/healthz`` answers for a ``telemetry.listen`` address, seen from the same host."""
+    from collector_plugin.telemetry import parse_listen
+
+    host, port = parse_listen(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Probe ``/healthz`` on the port the config listens on (the image's HEALTHCHECK)."""
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(_config_path(args), load_sources(), os.environ)
+    if not settings.telemetry.listen:
+        raise ReceiverError('telemetry.listen is "": there is no /healthz to check')
+    url = health_url(settings.telemetry.listen)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            print(f"{url}: {response.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ReceiverError(f"{url}: {getattr(exc, 'reason', exc)}") from None
     return 0
 
 
@@ -114,10 +155,64 @@ def demo_config(sim: Any, checkpoint_dir: str, args: argparse.Namespace) -> dict
     )
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+class PipeGuard:
+    """A transport wrapper for printing: when the reader of stdout goes away, stop the receiver.
+
+    Without it a closed pipe is an export failure retried for ever. The demo's checkpoints are
+    thrown away at exit, so records after the close are counted as dropped, not kept for later.
+    """
+
+    def __init__(self, inner: Any, stop: asyncio.Event) -> None:
+        self.inner = inner
+        self.stop = stop
+        self.closed = False
+        self.dropped = 0
+
+    async def send(self, payload: bytes, nrecords: int) -> int:
+        if not self.closed:
+            try:
+                return int(await self.inner.send(payload, nrecords))
+            except BrokenPipeError:
+                self.closed = True
+                self.stop.set()
+        self.dropped += nrecords
+        return 0
+
+    async def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            await self.inner.close()
+
+
+def demo_summary(summary: Any, guard: PipeGuard | None) -> str:
+    """One line: records read by source, delivered, unsent, API calls."""
+    by_source = ", ".join(f"{name} {n}" for name, n in sorted(summary.read_by_source.items())) or "none"
+    dropped = guard.dropped if guard else 0
+    closed = f", {dropped} not printed after the output closed" if guard and guard.closed else ""
+    return (
+        f"demo: {summary.read} records read ({by_source}); {summary.delivered - dropped} delivered,"
+        f" {summary.unsent} unsent"
+        f"{closed}; {summary.api_calls} API calls"
+    )
+
+
+async def _demo(sim: Any, config: Any, registry: Any, args: argparse.Namespace) -> tuple[bool, PipeGuard | None]:
+    """Run the receiver against ``sim`` until the duration, a signal or a closed stdout."""
     from collector_plugin.console import ConsoleTransport
-    from collector_plugin.logs import setup_logging
     from collector_plugin.receiver import build_receiver
+
+    stop = asyncio.Event()
+    guard = None if args.otlp_endpoint else PipeGuard(ConsoleTransport(), stop)
+    receiver = build_receiver(config, registry, transport=guard, environ={})
+    target = args.otlp_endpoint or "this terminal"
+    print(f"demo: simulator at {sim.url}, shipping records to {target} (Ctrl-C to stop)", file=sys.stderr)
+    clean = await _run_until_signalled(receiver, args.duration, stop)
+    if receiver.summary is not None:
+        print(demo_summary(receiver.summary, guard), file=sys.stderr)
+    return clean, guard
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from collector_plugin.logs import setup_logging
     from collector_plugin.simulator import Scenario, Simulator
 
     setup_logging("warning", "text")
@@ -128,14 +223,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sim.start_growth(args.grow)
         with tempfile.TemporaryDirectory(prefix="modelarts-demo-") as tmp:
             config = parse_config(demo_config(sim, tmp, args), registry, environ={})
-            transport = None if args.otlp_endpoint else ConsoleTransport()
-            receiver = build_receiver(config, registry, transport=transport, environ={})
-            target = args.otlp_endpoint or "this terminal"
-            print(f"demo: simulator at {sim.url}, shipping records to {target} (Ctrl-C to stop)", file=sys.stderr)
-            asyncio.run(_run_until_signalled(receiver, args.duration))
+            clean, guard = asyncio.run(_demo(sim, config, registry, args))
     finally:
         sim.stop()
-    return 0
+    if guard is not None and guard.closed:
+        _silence_stdout()
+    return 0 if clean else EXIT_UNSENT
 
 
 class _CommandContext:
@@ -190,6 +283,13 @@ def _plugin_command(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _silence_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so the exit flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelarts-receiver",
@@ -203,25 +303,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="start the built-in simulator and the receiver against it, printing records")
-    p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
-    p.add_argument("--otlp-endpoint", help="send to this OTLP endpoint instead of printing")
-    p.add_argument("--protocol", choices=["grpc", "http/protobuf"], default="grpc")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grow", type=int, default=2000, help="log bytes per second each running task writes")
-    p.add_argument("--metrics-listen", default="", help="serve /metrics here, e.g. 127.0.0.1:8888")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop by itself after this many seconds (default: run until Ctrl-C)",
+    )
+    p.add_argument("--otlp-endpoint", help="send to this OTLP endpoint instead of printing (default: print)")
+    p.add_argument(
+        "--protocol",
+        choices=["grpc", "http/protobuf"],
+        default="grpc",
+        help="OTLP protocol for --otlp-endpoint (default: grpc)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="simulator scenario seed (default: 0)")
+    p.add_argument(
+        "--grow", type=int, default=2000, help="log bytes per second each running task writes (default: 2000)"
+    )
+    p.add_argument("--metrics-listen", default="", help="serve /metrics here, e.g. 127.0.0.1:8888 (default: off)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("validate", help="check a config file; exit 1 listing every problem")
-    p.add_argument("--config", "-c", help="config file")
+    p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("healthcheck", help="exit 0 when /healthz answers on the port the config listens on")
+    p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer (default: 4)")
+    p.set_defaults(func=cmd_healthcheck)
+
     p = sub.add_parser("simulate", help="serve the built-in ModelArts simulator")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grow", type=int, default=1000, help="log bytes per second each running task writes")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--seed", type=int, default=0, help="scenario seed (default: 0)")
+    p.add_argument(
+        "--grow", type=int, default=1000, help="log bytes per second each running task writes (default: 1000)"
+    )
     p.add_argument("--flow-limit", help="APIG flow control: calls per credential, e.g. 10/s or 600/min (default: off)")
-    p.add_argument("--obs-lag", type=float, default=0.0, help="seconds the OBS copy of a task log trails the live log")
+    p.add_argument(
+        "--obs-lag", type=float, default=0.0, help="seconds the OBS copy of a task log trails the live log (default: 0)"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sources", help="list registered sources and where they come from")
@@ -252,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReceiverError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `tail ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         return 130
 

@@ -33,6 +33,49 @@ from collector_plugin.telemetry import Health, Metrics, SourceCounters, Telemetr
 log = logging.getLogger("collector_plugin.receiver")
 
 
+@dataclass(frozen=True)
+class ShutdownSummary:
+    """What a run did, for the last log line and the CLI: read, delivered, unsent, API calls."""
+
+    read_by_source: Mapping[str, int]
+    delivered: int
+    unsent: int
+    api_calls: int
+    targets: Mapping[str, int]
+
+    @property
+    def read(self) -> int:
+        return sum(self.read_by_source.values())
+
+
+def _sample_total(metrics: Metrics, family: str, label: str | None = None) -> tuple[int, dict[str, int]]:
+    """A counter's total, and its totals by ``label`` (read from the registry: metrics are the record)."""
+    total = 0.0
+    by_label: dict[str, int] = {}
+    for metric in metrics.registry.collect():
+        if metric.name != family:
+            continue
+        for sample in metric.samples:
+            if not sample.name.endswith("_total") and metric.type == "counter":
+                continue
+            total += sample.value
+            if label is not None:
+                key = sample.labels.get(label, "")
+                by_label[key] = by_label.get(key, 0) + int(sample.value)
+    return int(total), by_label
+
+
+def summarize(metrics: Metrics, targets: Mapping[str, int]) -> ShutdownSummary:
+    """The summary of a run so far, from its metrics and the scheduler's target counts."""
+    from collector_plugin.telemetry import PREFIX
+
+    _, read = _sample_total(metrics, PREFIX + "records_read", "source")
+    delivered, _ = _sample_total(metrics, PREFIX + "records_exported")
+    unsent, _ = _sample_total(metrics, PREFIX + "queue_records")
+    api_calls, _ = _sample_total(metrics, PREFIX + "api_requests")
+    return ShutdownSummary(read, delivered, unsent, api_calls, dict(targets))
+
+
 @dataclass
 class Receiver:
     """A wired receiver. ``run(stop)`` polls until ``stop`` is set, then drains and commits."""
@@ -47,6 +90,7 @@ class Receiver:
     started: bool = field(default=False)
     health: Health | None = None
     status: StatusProvider | None = None
+    summary: ShutdownSummary | None = None  # set when run() returns
 
     def ready(self) -> tuple[bool, str]:
         """Config valid and store open (we exist); the last export succeeded or nothing was sent;
@@ -83,8 +127,31 @@ class Receiver:
             self.store.close()
             if self.telemetry is not None:
                 self.telemetry.stop()
-            log.info("receiver stopped", extra={"flushed": clean})
+            self.summary = summarize(self.metrics, self.scheduler.active_targets)
+            _log_summary(self.summary, clean, grace)
         return clean
+
+
+def _log_summary(summary: ShutdownSummary, clean: bool, grace: float) -> None:
+    fields = {
+        "flushed": clean,
+        "records_read": summary.read,
+        "records_delivered": summary.delivered,
+        "records_unsent": summary.unsent,
+        "api_calls": summary.api_calls,
+        "targets": dict(summary.targets),
+    }
+    if clean:
+        log.info("receiver stopped: %d records delivered, none unsent", summary.delivered, extra=fields)
+    else:
+        log.warning(
+            "receiver stopped: %d records unsent after the %gs grace period (their cursors are not committed:"
+            " they are read again on the next start); %d delivered",
+            summary.unsent,
+            grace,
+            summary.delivered,
+            extra=fields,
+        )
 
 
 def register_secrets(config: Config) -> None:

@@ -101,6 +101,7 @@ class Scheduler:
         self._finished: dict[str, set[str]] = {s.name: set() for s in sources}
         self._stop = asyncio.Event()
         self.polls_completed = 0
+        self._first_data: dict[str, int] = {s.name: 0 for s in sources}  # targets with first records, not yet logged
 
     @property
     def active_targets(self) -> Mapping[str, int]:
@@ -126,10 +127,13 @@ class Scheduler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*refreshers, *tasks, return_exceptions=True)
+            for rt in self.sources:
+                self._log_first_data(rt.name)
 
     async def _refresh_loop(self, rt: SourceRuntime) -> None:
         CALL.set(CallTag(Priority.NEWS, f"{rt.name}/targets"))  # discovery finds the targets: ahead of idle polls
         while not self._stop.is_set():
+            self._log_first_data(rt.name)
             try:
                 targets = await rt.source.targets()
             except asyncio.CancelledError:
@@ -146,6 +150,7 @@ class Scheduler:
         finished = self._finished[rt.name]
         listed: dict[str, Target] = {t.key: t for t in targets}
         self.metrics.targets_discovered.labels(rt.name).set(len(listed))
+        added: list[str] = []
         for key, target in listed.items():
             if key in states:
                 states[key].target = target
@@ -158,15 +163,50 @@ class Scheduler:
             finished.discard(key)
             state = TargetState(target=target, cursor=self.cursors.get(key), draining=not target.active)
             states[key] = state
+            added.append(key)
             state.task = asyncio.create_task(self._run_target(rt, key, state), name=f"poll:{key}")
+        dropped = []
         for key, state in list(states.items()):
             if key not in listed and not state.draining:
+                dropped.append(key)
                 if state.failed:
                     del states[key]  # a failed target no longer listed: nothing left to show
                     continue
                 state.draining = True
                 state.wake.set()
         self._count_active(rt.name)
+        self._log_targets(rt.name, len(listed), added, dropped)
+
+    def _log_targets(self, source: str, listed: int, added: list[str], dropped: list[str]) -> None:
+        """A count per refresh at info (1,000 new jobs are one line); each target at debug."""
+        for key in added:
+            log.debug("target added", extra={"source": source, "target": key})
+        for key in dropped:
+            log.debug("target no longer listed; draining it", extra={"source": source, "target": key})
+        if added or dropped:
+            log.info(
+                "%s: %d targets found, %d dropped (%d listed, %d active)",
+                source,
+                len(added),
+                len(dropped),
+                listed,
+                self.active_targets[source],
+                extra={"source": source, "added": len(added), "dropped": len(dropped), "listed": listed},
+            )
+
+    def _log_first_data(self, source: str) -> None:
+        """How many targets sent their first records since the last line (one line per source)."""
+        count, self._first_data[source] = self._first_data[source], 0
+        if count:
+            with_data = sum(1 for st in self._targets[source].values() if st.records)
+            log.info(
+                "%s: first records from %d more targets (%d of %d have sent records)",
+                source,
+                count,
+                with_data,
+                len(self._targets[source]),
+                extra={"source": source, "targets": count},
+            )
 
     async def _run_target(self, rt: SourceRuntime, key: str, state: TargetState) -> None:
         base = max(0.01, float(rt.config.poll_interval))
@@ -218,6 +258,8 @@ class Scheduler:
                 state.polls += 1
                 self.polls_completed += 1
                 status = reader.status
+                if log.isEnabledFor(logging.DEBUG):
+                    _log_poll(rt.name, key, state, status, loop.time() - started, draining)
                 state.last_poll_at = loop.time()
                 state.news = produced or status.transitional or status.behind
                 self._lag(rt.name, key, status.lag_bytes, status.lag_seconds)
@@ -271,6 +313,9 @@ class Scheduler:
 
     def _count(self, source: str, state: TargetState, span: Span) -> None:
         if span.records:
+            if not state.records:
+                self._first_data[source] += 1
+                log.debug("first records from target", extra={"source": source, "target": span.target})
             state.records += len(span.records)
             self.metrics.records_read.labels(source).inc(len(span.records))
         if span.nbytes:
@@ -293,6 +338,22 @@ class Scheduler:
 
 def _throttled(exc: Exception) -> bool:
     return isinstance(exc, ApiError) and is_throttle(exc.status, exc.error_code)
+
+
+def _log_poll(source: str, key: str, state: TargetState, status: Any, seconds: float, draining: bool) -> None:
+    log.debug(
+        "polled",
+        extra={
+            "source": source,
+            "target": key,
+            "seconds": round(seconds, 3),
+            "records_total": state.records,
+            "bytes_total": state.bytes,
+            "behind": status.behind,
+            "lag_bytes": status.lag_bytes,
+            "draining": draining,
+        },
+    )
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

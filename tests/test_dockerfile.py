@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,9 +111,55 @@ def test_entrypoint_runs_the_receiver_with_the_fixed_config_path(stages: list[St
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint[0] in scripts
     port = final.all("EXPOSE")[-1].split("/")[0]
-    assert port == "8888"
+    assert port == "8888", "the default telemetry.listen"
     (healthcheck,) = final.all("HEALTHCHECK")
-    assert f"127.0.0.1:{port}/healthz" in healthcheck
+    probe = json.loads(healthcheck.split("CMD", 1)[1])
+    assert probe[:2] == [entrypoint[0], "healthcheck"], "the probe reads the port from the config"
+    env = " ".join(final.all("ENV"))
+    assert f"MODELARTS_RECEIVER_CONFIG={CONFIG_PATH}" in env, "healthcheck finds the config run is given"
+
+
+def _config_listening(path: Path, listen: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "modelarts": {"endpoint": "http://127.0.0.1:9", "project_id": "p", "auth": {"token": "t"}},
+                "telemetry": {"listen": listen},
+            }
+        )
+    )
+    return path
+
+
+def test_healthcheck_probes_the_port_the_config_listens_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from collector_plugin.cli import main
+    from collector_plugin.telemetry import Metrics, TelemetryServer
+
+    server = TelemetryServer("127.0.0.1:0", Metrics(), lambda: (True, "ready"))
+    server.start()
+    port = server.port
+    try:
+        config = _config_listening(tmp_path / "c.yaml", f"0.0.0.0:{port}")
+        assert main(["healthcheck", "--config", str(config)]) == 0
+        assert capsys.readouterr().out.strip() == f"http://127.0.0.1:{port}/healthz: 200"
+    finally:
+        server.stop()
+    assert main(["healthcheck", "--config", str(config)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: http://127.0.0.1:{port}/healthz: ")
+    assert main(["healthcheck", "--config", str(_config_listening(tmp_path / "off.yaml", ""))]) == 1
+    assert "there is no /healthz" in capsys.readouterr().err
+
+
+def test_healthcheck_follows_the_sidecar_example_port() -> None:
+    from collector_plugin.cli import health_url
+
+    manifest = yaml.safe_load((ROOT / "examples/opentelemetry-collector-chart/receiver-configmap.yaml").read_text())
+    listen = yaml.safe_load(manifest["data"]["config.yaml"])["telemetry"]["listen"]
+    values = yaml.safe_load((ROOT / "examples/opentelemetry-collector-chart/values.yaml").read_text())
+    (container,) = values["extraContainers"]
+    (port,) = [p["containerPort"] for p in container["ports"]]
+    assert health_url(listen) == f"http://127.0.0.1:{port}/healthz"
 
 
 def test_dockerignore_keeps_what_the_wheel_needs() -> None:

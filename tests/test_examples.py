@@ -313,6 +313,27 @@ def test_every_loki_query_names_only_what_the_receiver_sets(dashboard: dict[str,
     assert region_variable["query"]["label"] in INDEX_LABELS
 
 
+def _legends_and_variables(dashboard: dict[str, Any]) -> list[str]:
+    texts = [v.get("label", "") + " " + json.dumps(v.get("query", "")) for v in dashboard["templating"]["list"]]
+    for panel in dashboard["panels"]:
+        texts += [t.get("legendFormat", "") for t in panel.get("targets", [])]
+    return texts
+
+
+def test_jobs_are_selected_and_shown_by_name_not_id(dashboard: dict[str, Any]) -> None:
+    """People know a job by its name; a UUID in a legend or a variable tells them nothing."""
+    for text in _legends_and_variables(dashboard):
+        assert "training_job_id" not in text and "job id" not in text.lower(), text
+    per_job = [t for p in dashboard["panels"] if "per job" in p["title"].lower() for t in p["targets"]]
+    assert per_job
+    for target in per_job:
+        assert target["legendFormat"] == "{{modelarts_training_job_name}}"
+        assert "sum by (modelarts_training_job_name)" in target["expr"]
+    job_filtered = [e for e in queries(dashboard, "loki") if "$job" in e]
+    assert job_filtered and all('modelarts_training_job_name=~"$job"' in e for e in job_filtered)
+    assert not any("modelarts_training_job_id" in e for e in queries(dashboard, "loki"))
+
+
 def test_every_prometheus_query_names_only_exposed_metrics(dashboard: dict[str, Any]) -> None:
     exposed = exposed_metrics()
     exprs = queries(dashboard, "prometheus")

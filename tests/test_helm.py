@@ -330,7 +330,7 @@ def test_the_chart_version_follows_the_package(chart: helm_python.Chart) -> None
     pyproject = (ROOT / "pyproject.toml").read_text()
     version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
     assert version and chart.metadata["appVersion"] == version.group(1)
-    assert chart.values["image"]["repository"] == "ghcr.io/modelarts-otel-receiver/modelarts-otel-receiver"
+    assert chart.values["image"]["repository"] == "", "no public image: the user names the one they pushed"
     assert chart.values["replicaCount"] == 1
     assert chart.values["persistence"]["type"] == "pvc"
 
@@ -390,6 +390,50 @@ def test_bad_values_are_rejected_with_the_key_path(
 
 def test_the_base_of_the_bad_values_is_good(chart: helm_python.Chart) -> None:
     chart.render(_with({}), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_an_install_without_an_image_says_how_to_build_one(chart: helm_python.Chart) -> None:
+    values = _with({})
+    del values["image"]["repository"]
+    with pytest.raises(helm_python.HelmRenderError, match=r"image\.repository is required") as excinfo:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert "docker build -t REGISTRY/modelarts-otel-receiver:VERSION ." in str(excinfo.value)
+
+
+# ------------------------------------------------- the sidecar example on the official collector chart
+
+OFFICIAL_CHART = Path(os.environ.get("OTEL_COLLECTOR_CHART", "/work/shared/vendor/opentelemetry-collector"))
+SIDECAR_VALUES = ROOT / "examples" / "opentelemetry-collector-chart" / "values.yaml"
+
+
+@pytest.fixture(scope="module")
+def official_render() -> list[dict[str, Any]]:
+    if not (OFFICIAL_CHART / "Chart.yaml").exists():
+        pytest.skip(f"the official opentelemetry-collector chart is not at {OFFICIAL_CHART} (set OTEL_COLLECTOR_CHART)")
+    with helm_python.Chart.load(OFFICIAL_CHART) as official:
+        files = official.render(yaml.safe_load(SIDECAR_VALUES.read_text()), name="otel", namespace=NAMESPACE)
+    return [doc for name, text in files.items() if name.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_the_sidecar_example_renders_valid_kubernetes(official_render: list[dict[str, Any]]) -> None:
+    for manifest in official_render:
+        kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+    (deployment,) = [m for m in official_render if m["kind"] == "Deployment"]
+    names = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert "modelarts-receiver" in names
+
+
+def test_the_sidecar_collector_acknowledges_only_what_loki_has(official_render: list[dict[str, Any]]) -> None:
+    """No batch processor and no sending queue in the logs pipeline: both answer before sending."""
+    (configmap,) = [m for m in official_render if m["kind"] == "ConfigMap" and "relay" in m.get("data", {})]
+    collector = yaml.safe_load(configmap["data"]["relay"])
+    logs = collector["service"]["pipelines"]["logs"]
+    assert logs["processors"], "the chart's memory_limiter stays (it refuses, which the receiver retries)"
+    assert not [p for p in logs["processors"] if p == "batch" or p.startswith("batch/")]
+    for name in logs["exporters"]:
+        exporter = collector["exporters"][name]
+        assert exporter["sending_queue"]["enabled"] is False, name
+        assert exporter["retry_on_failure"]["enabled"] is False, name
 
 
 WHOLE_ROWS = {

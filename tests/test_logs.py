@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -283,3 +285,87 @@ def test_property_signed_queries_vanish(param: str, value: str, others: list[str
     url = "https://bucket.obs.example.com/a/b.log?" + "&".join(parts)
     cleaned = redact(f"GET {url} done")
     assert cleaned == f"GET https://bucket.obs.example.com/a/b.log?{REDACTED} done"
+
+
+# ------------------------------------------------------------ what the receiver says it does
+
+
+async def test_throttling_is_logged_when_it_begins_pauses_and_ends(caplog: pytest.LogCaptureFixture) -> None:
+    from collector_plugin.budget import THROTTLE_QUIET, Budget, Priority
+
+    caplog.set_level(logging.INFO, logger="collector_plugin.budget")
+    now = [100.0]
+    budget = Budget(10.0, 5, clock=lambda: now[0])
+    permit = await budget.acquire(Priority.NEW, "t")
+    msg = "The request is over ratelimit,limit:8,time:1 second"
+    try:
+        assert budget.observe(permit, 429, "APIG.0308", msg)
+        assert budget.observe(permit, 429, "APIG.0308", msg)  # the same episode: no second "begun"
+        assert budget.observe(permit, 429, "APIG.0308", msg, retry_after=5.0)
+        assert budget.observe(permit, 429, "APIG.0308", msg, retry_after=5.0)  # already paused
+        now[0] += THROTTLE_QUIET / 2
+        assert not budget.observe(permit, 200)  # too soon to call it over
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2
+        assert lines[0].startswith("API throttling begun: APIG.0308 refused a call; slowing to ")
+        assert lines[1] == "API asked to wait (Retry-After 5s): pausing every call"
+        now[0] += THROTTLE_QUIET
+        assert not budget.observe(permit, 200)
+        assert not budget.observe(permit, 200)
+        ended = [r.getMessage() for r in caplog.records][2:]
+        assert len(ended) == 1 and ended[0].startswith("API throttling ended after 45s (4 calls refused, retried)")
+        assert budget.observe(permit, 429, "ModelArts.6101")  # a new episode is news again
+        assert caplog.records[-1].getMessage().startswith("API throttling begun: ModelArts.6101")
+    finally:
+        await budget.aclose()
+
+
+@pytest.mark.parametrize("collector_down", [False, True])
+async def test_shutdown_summary_says_delivered_and_unsent(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, collector_down: bool
+) -> None:
+    from collector_plugin.config import parse_config
+    from collector_plugin.plugins import load_sources
+    from collector_plugin.receiver import build_receiver
+    from collector_plugin.simulator import Scenario, Simulator
+    from collector_plugin.testing import MemoryTransport
+
+    caplog.set_level(logging.INFO, logger="collector_plugin")
+    scenario = Scenario()
+    scenario.add_job("job-a", tasks=("worker-0",)).task("worker-0").append("line\n" * 30)
+    transport = MemoryTransport()
+    if collector_down:
+        transport.fail_next(10**9)
+    with Simulator(scenario) as sim:
+        raw = {
+            "modelarts": {"endpoint": sim.url, "project_id": sim.project_id, "auth": {"ak": sim.ak, "sk": sim.sk}},
+            "sources": {"training_task_logs": {"start_at": "beginning", "jobs": [{"id": "job-a"}]}},
+            "checkpoint": {"path": str(tmp_path / "cp.db")},
+            "shutdown": {"grace_period": "200ms"},
+        }
+        registry = load_sources()
+        receiver = build_receiver(
+            parse_config(raw, registry, environ={}), registry, transport=transport, telemetry=False
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(receiver.run(stop))
+
+        async def read_all() -> None:
+            while receiver.metrics.records_read.labels("training_task_logs")._value.get() < 30:
+                await asyncio.sleep(0.01)
+            while not collector_down and len(transport.records) < 30:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(read_all(), 60)  # a guard only
+        stop.set()
+        assert await asyncio.wait_for(run, 30) is not collector_down
+    (stopped,) = [r for r in caplog.records if r.getMessage().startswith("receiver stopped")]
+    if collector_down:
+        assert stopped.levelno == logging.WARNING
+        assert stopped.getMessage().startswith("receiver stopped: 30 records unsent after the 0.2s grace period")
+        assert stopped.records_unsent == 30 and stopped.records_delivered == 0  # type: ignore[attr-defined]
+    else:
+        assert stopped.getMessage() == "receiver stopped: 30 records delivered, none unsent"
+    assert stopped.targets == {"training_task_logs": 1}  # type: ignore[attr-defined]
+    assert stopped.api_calls > 0  # type: ignore[attr-defined]
+    assert not any(sim.sk in str(r.__dict__) for r in caplog.records), "the SK reached a log record"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -169,3 +170,72 @@ async def test_a_reader_still_behind_is_polled_again_at_once() -> None:
     # three polls that stopped early are followed at once; the fourth waits for the 5 s interval
     assert reader.polls == 4
     assert [s.cursor for s in sink.spans] == ["1", "2", "3", "4"]
+
+
+# ------------------------------------------------------------------------------- what it logs
+
+
+async def wait_until(condition: Callable[[], bool], guard: float = 30.0) -> None:
+    """Wait for ``condition``; ``guard`` only bounds a hang."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), guard)
+
+
+def _messages(caplog: Any, level: int, logger: str = "collector_plugin.scheduler") -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == level]
+
+
+async def test_discovered_and_dropped_targets_are_one_info_line_per_refresh(caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="collector_plugin.scheduler")
+    source = FakeSource([FakeTarget(f"fake/t{i}") for i in range(1000)])
+    scheduler, _ = make(source)
+    scheduler._stop.set()  # target tasks end at once: only the bookkeeping runs
+    runtime = scheduler.sources[0]
+    scheduler._apply_targets(runtime, await source.targets())
+    assert _messages(caplog, logging.INFO) == ["fake: 1000 targets found, 0 dropped (1000 listed, 1000 active)"]
+    assert len([m for m in _messages(caplog, logging.DEBUG) if m == "target added"]) == 1000
+    caplog.clear()
+    scheduler._apply_targets(runtime, await source.targets())  # nothing changed: nothing said
+    assert _messages(caplog, logging.INFO) == []
+    source.targets_now = [*source.targets_now[:600], FakeTarget("fake/new")]
+    scheduler._apply_targets(runtime, await source.targets())
+    (line,) = _messages(caplog, logging.INFO)
+    assert line.startswith("fake: 1 targets found, 400 dropped (601 listed")
+    await asyncio.gather(*(st.task for st in scheduler.targets("fake").values() if st.task))
+
+
+async def test_first_data_is_debug_per_target_and_an_info_count(caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="collector_plugin.scheduler")
+    keys = [f"fake/t{i}" for i in range(50)]
+    source = FakeSource([FakeTarget(k) for k in keys], {k: "active" for k in keys})
+    scheduler, _ = make(source)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    states = scheduler.targets("fake")
+    await wait_until(lambda: len(states) == 50 and all(st.records for st in states.values()))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    firsts = [r for r in caplog.records if r.getMessage() == "first records from target"]
+    assert sorted(r.target for r in firsts) == sorted(keys)  # type: ignore[attr-defined]
+    summaries = [m for m in _messages(caplog, logging.INFO) if "first records from" in m]
+    assert 1 <= len(summaries) <= 2, summaries  # at the next refresh or at stop, not one per target
+    counted = sum(int(m.split("first records from ")[1].split()[0]) for m in summaries)
+    assert counted == 50
+    polled = [r for r in caplog.records if r.getMessage() == "polled"]
+    assert polled and {r.source for r in polled} == {"fake"}  # type: ignore[attr-defined]
+
+
+async def test_no_per_poll_lines_above_debug(caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="collector_plugin.scheduler")
+    source = FakeSource([FakeTarget("fake/a")], {"fake/a": "active"})
+    scheduler, sink = make(source)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await wait_until(lambda: len(sink.spans) >= 20)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len([r for r in caplog.records if r.name == "collector_plugin.scheduler"]) <= 2

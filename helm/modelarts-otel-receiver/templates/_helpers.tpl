@@ -50,7 +50,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "modelarts-otel-receiver.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $repository := required "image.repository is required: no public image is published. Build and push it (docker build -t REGISTRY/modelarts-otel-receiver:VERSION . && docker push REGISTRY/modelarts-otel-receiver:VERSION), then set image.repository=REGISTRY/modelarts-otel-receiver" .Values.image.repository }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
 {{/*
