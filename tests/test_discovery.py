@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -178,3 +179,16 @@ def test_bad_name_pattern_is_a_config_error_at_its_key_path() -> None:
 def test_good_name_pattern_validates() -> None:
     config = parse_config(_config({"enabled": True, "name_pattern": "^train-"}), load_sources(), environ={})
     assert config.sources["training_job_events"].discovery.name_pattern == "^train-"
+
+
+async def test_one_job_search_serves_task_logs_and_events_discovery(sim: Simulator, client: ModelArtsClient) -> None:
+    """Two sources discovering the same phases at once spend one search; each asking again gets a new one."""
+    for i in range(3):
+        sim.scenario.add_job(name=f"train-{i}")
+    logs, events = DiscoveryConfig(enabled=True), DiscoveryConfig(enabled=True, name_pattern="^train-[01]$")
+    sim.reset_requests()
+    found_logs, found_events = await asyncio.gather(search_jobs(client, logs), search_jobs(client, events))
+    assert sim.count(JOB_SEARCHES) == 1
+    assert len(found_logs) >= 3 and sorted(j.name for j in found_events) == ["train-0", "train-1"]
+    await search_jobs(client, logs)  # the same source again: a fresh search, never a stale answer
+    assert sim.count(JOB_SEARCHES) == 2

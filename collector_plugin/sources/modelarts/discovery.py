@@ -7,13 +7,16 @@ are tolerant on purpose: real servers send numbers as strings and leave optional
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from collector_plugin.api import ApiError, Duration
+from collector_plugin.api import ApiClient, ApiError, Duration
 from collector_plugin.sources.modelarts import endpoints
 from collector_plugin.sources.modelarts.client import ModelArtsClient
 
@@ -165,14 +168,45 @@ async def get_job(client: ModelArtsClient, job_id: str) -> JobInfo:
     return job.info()
 
 
+SHARED_SEARCH_SECONDS = 5.0  # searches this close together are one: task logs and events discover alike
+
+
+@dataclass
+class _Search:
+    started: float
+    task: asyncio.Future[list[JobInfo]]
+    served: set[int]  # the configs (one per source) it answered: a source never gets one search twice
+
+
+_searches: weakref.WeakKeyDictionary[ApiClient, dict[tuple[str, ...], _Search]] = weakref.WeakKeyDictionary()
+
+
 async def search_jobs(client: ModelArtsClient, cfg: DiscoveryConfig) -> list[JobInfo]:
     """Every job in ``cfg.phases`` whose name matches ``cfg.name_pattern``, over all pages.
+
+    One search serves every source of the same connection that asks for the same phases within
+    :data:`SHARED_SEARCH_SECONDS` (the task log and events sources refresh together): the API
+    budget is spent once. A source asking again always gets a new search; the name pattern is
+    applied per caller.
 
     The search API's ``offset`` is a page index. The phase filter is sent to the server and
     checked again here, so a server that ignores it still yields the right jobs. The walk ends at
     a short or empty page, not at ``count``/``total`` (whose meaning varies between versions), or
     at a page that brings no new job (a server that ignores ``offset`` cannot loop us forever).
     """
+    phases = tuple(sorted(p.strip().lower() for p in cfg.phases))
+    shared = _searches.setdefault(client.api, {})
+    now = time.monotonic()
+    search = shared.get(phases)
+    stale = search is None or now - search.started > SHARED_SEARCH_SECONDS or id(cfg) in search.served
+    if search is None or stale or (search.task.done() and search.task.exception() is not None):
+        search = shared[phases] = _Search(now, asyncio.ensure_future(_search(client, cfg)), set())
+    search.served.add(id(cfg))
+    jobs = await asyncio.shield(search.task)
+    return [job for job in jobs if cfg.name_matches(job.name)]
+
+
+async def _search(client: ModelArtsClient, cfg: DiscoveryConfig) -> list[JobInfo]:
     path = client.path(EP_JOB_SEARCH)
     found: dict[str, JobInfo] = {}
     page = 0
@@ -192,9 +226,7 @@ async def search_jobs(client: ModelArtsClient, cfg: DiscoveryConfig) -> list[Job
         if not items or new == 0 or len(items) < JOB_SEARCH_PAGE_SIZE:
             break
         page += 1
-    return [
-        job for job in found.values() if (not cfg.phases or cfg.phase_matches(job.phase)) and cfg.name_matches(job.name)
-    ]
+    return [job for job in found.values() if not cfg.phases or cfg.phase_matches(job.phase)]
 
 
 async def list_services(client: ModelArtsClient, cfg: DiscoveryConfig) -> list[ServiceInfo]:
