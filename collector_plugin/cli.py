@@ -15,15 +15,16 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from collector_plugin import __version__
 from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, ReceiverError
+from collector_plugin.journal import ReadJournal
 from collector_plugin.plugins import RegisteredSource, get_plugin_manager, load_catalog, load_commands, load_sources
-from collector_plugin.records import Record
+from collector_plugin.records import Record, Span
 from collector_plugin.settings import Settings, load_settings
 from collector_plugin.source import Command, Source
 
@@ -231,6 +232,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if clean else EXIT_UNSENT
 
 
+class _Delivery:
+    """:class:`~collector_plugin.source.Delivery` over a pipeline and its store."""
+
+    def __init__(self, store: Any, pipeline: Any) -> None:
+        self._store = store
+        self._pipeline = pipeline
+
+    def cursor(self, key: str) -> str | None:
+        cursor: str | None = self._store.get(key)
+        return cursor
+
+    async def put(self, span: Span) -> None:
+        await self._pipeline.put(span)
+
+    async def flush(self, timeout: float) -> bool:
+        flushed: bool = await self._pipeline.flush(timeout)
+        return flushed
+
+
 class _CommandContext:
     """A plugin command's view of the receiver: sources wired as ``run`` wires them, the console."""
 
@@ -244,6 +264,32 @@ class _CommandContext:
         self.http = build_http(settings.config, self.metrics)
         self.connections = build_connections(settings.config, self.http)
         self.color = sys.stdout.isatty()
+        self.journal: ReadJournal | None = None
+
+    @contextlib.asynccontextmanager
+    async def delivery(self) -> AsyncIterator[_Delivery]:
+        """The exporter and checkpoint store of the config, as ``run`` uses them."""
+        from collector_plugin.export import build_pipeline, make_transport
+        from collector_plugin.store import open_store
+
+        config = self.settings.config
+        store = open_store(config.checkpoint.model_copy(update={"path": self.settings.checkpoint_path}))
+        pipeline = build_pipeline(
+            config.exporter,
+            store,
+            self.metrics,
+            {},
+            scope_version=__version__,
+            transport=make_transport(self.settings.exporter),
+        )
+        self.journal = ReadJournal(store)  # sources opened from now on stamp read times in the store
+        await pipeline.start()
+        try:
+            yield _Delivery(store, pipeline)
+        finally:
+            await pipeline.close(float(config.shutdown.grace_period))
+            self.journal = None
+            store.close()
 
     def open_source(self, name: str, config: Mapping[str, Any]) -> Source:
         from collector_plugin.config import parse_source_config
@@ -253,7 +299,8 @@ class _CommandContext:
             raise ConfigError([f"sources.{name}: no such source is registered"])
         cls = self.registry[name].cls
         validated = parse_source_config(name, cls.config_model, config)
-        return cls(validated, source_context(name, self.settings, self.http, self.connections, self.metrics))
+        context = source_context(name, self.settings, self.http, self.connections, self.metrics, self.journal)
+        return cls(validated, context)
 
     def print_record(self, record: Record, *, verbose: bool = False) -> None:
         from collector_plugin.console import format_record

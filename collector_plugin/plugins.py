@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "collector_plugin.sources.modelarts.events.source",
     "collector_plugin.sources.modelarts.service_updates",
     "collector_plugin.sources.modelarts.tail",
+    "collector_plugin.sources.modelarts.backfill",
 )
 BLOCK_ENV = "MODELARTS_RECEIVER_BLOCK_PLUGINS"
 ENTRY_POINT_GROUP = "modelarts_otel_receiver.sources"

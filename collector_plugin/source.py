@@ -17,6 +17,7 @@ import argparse
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -201,8 +202,28 @@ class Source(Protocol):
         ...
 
 
+class Delivery(Protocol):
+    """Spans on their way to the collector, as ``run`` sends them: committed once acknowledged."""
+
+    def cursor(self, key: str) -> str | None:
+        """The committed cursor of ``key`` (shared with ``run``), None if it never committed."""
+        ...
+
+    async def put(self, span: Span) -> None:
+        """Queue a span (waits while the queue is full)."""
+        ...
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until everything put was acknowledged and committed; False if ``timeout`` ran out."""
+        ...
+
+
 class CommandContext(Protocol):
     """What a plugin's CLI command gets: sources opened the way ``run`` opens them, and output."""
+
+    def delivery(self) -> AbstractAsyncContextManager[Delivery]:
+        """The configured exporter and checkpoint store, for a command that ships records."""
+        ...
 
     def open_source(self, name: str, config: Mapping[str, Any]) -> Source:
         """The registered source ``name`` with ``config`` (validated as ``sources.<name>`` would be)."""
@@ -232,6 +253,7 @@ __all__ = [
     "Command",
     "CommandContext",
     "Connection",
+    "Delivery",
     "HttpClientFactory",
     "Reader",
     "ReaderStatus",
