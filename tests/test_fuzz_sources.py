@@ -384,7 +384,8 @@ def test_odd_obs_answers_are_errors_or_exact_reads(backlog: bytes, modes: list[s
 
     async def main() -> Drive:
         client = make_client(log.handler)
-        drive = Drive(lambda cursor: task_source(client).open(TaskLogTarget(JOB, TASK), cursor))
+        # Exact reads: escapes are kept (stripping has its own properties in test_lines).
+        drive = Drive(lambda cursor: task_source(client, ansi="keep").open(TaskLogTarget(JOB, TASK), cursor))
         for mode in modes:
             log.obs_mode = mode
             await drive.poll()
