@@ -13,6 +13,12 @@ Scenarios:
   histories: requests per source against the API's minimum, then idle.
 - ``scale``: ``--jobs`` jobs of ``--tasks-per-job`` tasks whose logs grow ``--grow-bps`` bytes/s
   each; every line carries ``t=<time_ns>`` of its append, for the delay measurement.
+- ``budget``: ``--jobs`` running jobs of one task (timed lines, ``--grow-bps``, an event now and
+  then) and ``--services`` services whose updates stay RUNNING ``--update-hold`` seconds, then
+  SUCCESS; every state's time is in ``/stats`` (``states``), to count transitions missed.
+
+``--flow-limit`` (``8/s``, ``600/min``) puts the gateway's per-AK flow control in front; ``/stats``
+then also has ``calls``: served and refused per endpoint.
 """
 
 from __future__ import annotations
@@ -153,12 +159,58 @@ class ScaleGrowth:
                 job.add_event(f"[worker-0] progress epoch {rng.randint(1, 99)}", source="Task")
 
 
+def build_budget(sc: Scenario, jobs: int, services: int) -> dict[str, Any]:
+    out: dict[str, list[str]] = {}
+    for j in range(jobs):
+        job = sc.add_job(f"budget-job-{j:04d}", name=f"budget-{j}", tasks=("worker-0",), phase="Running")
+        job.task("worker-0").append(timed_lines(f"{j}/worker-0", 0, 1024))
+        out[job.id] = ["worker-0"]
+    ids = [sc.add_service(f"budget-svc-{s:04d}", name=f"svc-{s}", infer_type="real-time").id for s in range(services)]
+    return {"jobs": out, "services": ids}
+
+
+class BudgetGrowth(ScaleGrowth):
+    """Scale growth plus service updates: each service cycles RUNNING (``hold`` s) -> SUCCESS,
+    staggered; every state reached is remembered with its time (``states``)."""
+
+    def __init__(self, sc: Scenario, bps: int, hold: float, gap: float = 5.0) -> None:
+        super().__init__(sc, bps)
+        self.hold, self.gap = hold, gap
+        self.states: list[tuple[str, int, str, int]] = []  # service id, update_time ms, result, t ns
+        self.lock = threading.Lock()
+        n = max(1, len(sc.services))
+        start = time.monotonic()
+        self.next_at = {s.id: start + i * (hold + gap) / n for i, s in enumerate(sc.services)}
+
+    def run(self) -> None:
+        services = threading.Thread(target=self.run_services, daemon=True, name="budget-services")
+        services.start()
+        super().run()
+
+    def run_services(self) -> None:
+        while not self.stop.wait(0.1):
+            now = time.monotonic()
+            for service in self.sc.services:
+                if now < self.next_at[service.id]:
+                    continue
+                updates = service.updates
+                if updates and updates[-1].result == "RUNNING":
+                    updates[-1].finish("SUCCESS")
+                    update, wait = updates[-1], self.gap
+                else:
+                    update, wait = service.start_update(), self.hold
+                with self.lock:
+                    self.states.append((service.id, update.update_time, update.result, time.time_ns()))
+                self.next_at[service.id] = now + wait
+
+
 class Control:
     """``GET /stats`` and ``POST /reset`` over HTTP on 127.0.0.1."""
 
-    def __init__(self, sim: Simulator, info: dict[str, Any]) -> None:
+    def __init__(self, sim: Simulator, info: dict[str, Any], growth: ScaleGrowth | None = None) -> None:
         self.sim = sim
         self.info = info
+        self.growth = growth
         control = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -189,7 +241,15 @@ class Control:
         by_endpoint = Counter(r.endpoint for r in requests)
         by_status = Counter(f"{r.endpoint} {r.status}" for r in requests)
         logs = [job.task(t) for job in self.sim.scenario.jobs for t in job.tasks]
+        calls = {e: [c.served, c.refused] for e, c in self.sim.call_counts().items()}
+        states: list[tuple[str, int, str, int]] = []
+        if isinstance(self.growth, BudgetGrowth):
+            with self.growth.lock:
+                states = list(self.growth.states)
         return {
+            "calls": calls,
+            "states": states,
+            "lines_written": sum(self.growth.seq.values()) if self.growth else 0,
             "requests": dict(by_endpoint),
             "by_status": dict(by_status),
             "total_requests": len(requests),
@@ -199,7 +259,7 @@ class Control:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=("throughput", "api", "scale"))
+    parser.add_argument("scenario", choices=("throughput", "api", "scale", "budget"))
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--tasks-per-job", type=int, default=2)
     parser.add_argument("--mb", type=float, default=12.0)
@@ -208,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--v1-kb", type=int, default=256)
     parser.add_argument("--events", type=int, default=450)
     parser.add_argument("--updates", type=int, default=12)
+    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--update-hold", type=float, default=65.0, help="seconds an update stays RUNNING")
+    parser.add_argument("--flow-limit", default=None, help="per-AK gateway limit, e.g. 8/s")
     parser.add_argument("--event-spacing-ms", type=int, default=5000, help="time between a job's events")
     args = parser.parse_args(argv)
 
@@ -216,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         info = build_throughput(sc, args.tasks, args.mb, args.tasks_per_job)
     elif args.scenario == "api":
         info = build_api(sc, args.v1_kb, args.events, args.updates, args.event_spacing_ms)
+    elif args.scenario == "budget":
+        info = build_budget(sc, args.jobs, args.services)
     else:
         info = build_scale(sc, args.jobs, args.tasks_per_job)
     logs = [job.task(t) for job in sc.jobs for t in job.tasks]
@@ -225,12 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    sim = Simulator(sc).start()
+    sim = Simulator(sc, flow_limit=args.flow_limit).start()
     growth: ScaleGrowth | None = None
     try:
-        control = Control(sim, info)
         if args.scenario == "scale" and args.grow_bps > 0:
             growth = ScaleGrowth(sc, args.grow_bps)
+        elif args.scenario == "budget":
+            growth = BudgetGrowth(sc, args.grow_bps, args.update_hold)
+        control = Control(sim, info, growth)
+        if growth is not None:
             growth.thread.start()
         header = {"url": sim.url, "project_id": sim.project_id, "ak": sim.ak, "sk": sim.sk, "control": control.port}
         print(json.dumps({**header, **info}), flush=True)
