@@ -189,6 +189,8 @@ class V1LogReader(ByteLogReader):
             yield flushed
         if size is not None:
             self.lag(size)
+        if draining and (completed := self.complete_span(size)) is not None:
+            yield completed
 
     async def _read_ranges(self, pos: int, size: int | None, *, final: bool) -> AsyncIterator[Span]:
         """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB.

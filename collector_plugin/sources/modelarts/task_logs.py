@@ -184,6 +184,8 @@ class TaskLogReader(ByteLogReader):
             yield flushed
         self.lag(size)
         self._tail_via_obs = self._obs_sizes_known and self.position >= size
+        if draining and (completed := self.complete_span(size)) is not None:
+            yield completed
 
     async def _tail_from_obs(self) -> AsyncIterator[Span | None]:
         """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
