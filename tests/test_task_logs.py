@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -509,6 +510,10 @@ async def test_bytes_the_obs_object_never_holds_become_a_gap_record(
 COMPLETE = "modelarts.log.complete"
 
 
+def ended(target: TaskLogTarget) -> TaskLogTarget:
+    return dataclasses.replace(target, active=False)
+
+
 def drained_counts(metrics: Metrics, complete: bool) -> float | None:
     return metrics.registry.get_sample_value(
         "modelarts_receiver_logs_drained_total", {"source": "training_task_logs", "complete": str(complete).lower()}
@@ -551,7 +556,7 @@ async def test_a_log_with_a_gap_is_drained_incomplete(make_sim: Any, scenario: S
     metrics = Metrics()
     source, client = await make_source(sim, start_at="beginning", metrics=metrics)
     async with client:
-        harness = Harness(source, (await source.targets())[0])
+        harness = Harness(source, ended((await source.targets())[0]))
         await harness.poll(draining=True)
     done = harness.records[-1]
     assert done.event_name == COMPLETE
@@ -594,7 +599,7 @@ async def _drain_twice(
     source: TaskLogsSource, client: ModelArtsClient, log: TaskLog, more: bytes, clock: FakeClock, crash: int
 ) -> None:
     async with client:
-        target = (await source.targets())[0]
+        target = ended((await source.targets())[0])
         first = Harness(source, target)
         await first.poll()
         log.append(more)
@@ -610,3 +615,19 @@ async def _drain_twice(
     again = [r for r in replay.records if r.event_name == COMPLETE]
     assert again and all(r == once for r in again)
     assert once.attributes["modelarts.log.bytes_read"] == once.attributes["modelarts.log.size"] == len(log.data)
+
+
+async def test_reading_a_running_jobs_log_to_its_end_at_once_is_no_drain(make_sim: Any, scenario: Scenario) -> None:
+    """``tail`` reads a running job's log with draining=True: no completeness record then."""
+    add_log(scenario, b"one\ntwo\n")
+    sim = make_sim()
+    source, client = await make_source(sim, start_at="beginning")
+    async with client:
+        target = (await source.targets())[0]
+        assert target.active
+        once = Harness(source, target)
+        await once.poll(draining=True)
+        drained = Harness(source, ended(target))
+        await drained.poll(draining=True)
+    assert [r.event_name for r in once.records] == ["", ""]
+    assert [r.event_name for r in drained.records] == ["", "", COMPLETE]

@@ -112,6 +112,7 @@ class ByteLogReader:
         shared: Attributes,
         resource: Attributes,
         cursor: str | None,
+        ended: bool = False,
     ) -> None:
         self.key = key
         self.source = source
@@ -128,6 +129,9 @@ class ByteLogReader:
             DrainCounts.load(self.resume.seen, self.resume.offset) if self.resume is not None else None
         )
         self.completed = False
+        # A drain is the last read of a log whose job ended, or of one read live before: a
+        # one-shot read to the end of a running job's log (``tail``) is not one.
+        self.drains = ended
         self.assembler: LineAssembler | None = None
         self.recent = b""  # the last bytes read before the position: a rewritten log shows here
         self.mapper = self._mapper()
@@ -268,11 +272,16 @@ class ByteLogReader:
         self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)
         return Span(self.key, records, self.cursor(), 0)
 
-    def complete_span(self, size: int | None) -> Span | None:
+    def begin_poll(self, *, draining: bool) -> None:
+        """Called as each poll starts: a live poll makes a later draining poll a drain."""
+        if not draining:
+            self.drains = True
+
+    def complete_span(self, size: int | None, *, draining: bool) -> Span | None:
         """Once per reader, when a drain read to the end: a record of what was read (see
-        :meth:`LineMapper.complete`); None if already said or the reader is still behind."""
+        :meth:`LineMapper.complete`). None otherwise (not a drain, already said, still behind)."""
         counts = self.counts
-        if self.completed or self.status.behind or counts is None:
+        if not (draining and self.drains) or self.completed or self.status.behind or counts is None:
             return None
         self.completed = True
         now = self.context.clock_ns()
