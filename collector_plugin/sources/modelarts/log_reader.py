@@ -5,8 +5,9 @@ Its cursor is ``{"offset": N, "continued": bool, "epoch": E}``: ``offset`` is th
 yet emitted (a restart re-reads a partial tail, never skips it), ``continued`` says the bytes
 there carry on a record already emitted (after a flush), and ``epoch`` counts the times the log
 restarted shorter, so the lines of a restarted log get uids distinct from the old ones at the
-same offsets. ``seen`` carries what :class:`DrainCounts` counted up to the cursor, so a drain
-replayed after a crash reports the same counts.
+same offsets. ``seen`` (``[bytes_read, records, gaps, restarts, read_from]``) carries what
+:class:`DrainCounts` counted up to the cursor, so a drain replayed after a crash reports the
+same counts.
 """
 
 from __future__ import annotations
