@@ -81,7 +81,7 @@ class LineMapper:
 
     ``scope`` namespaces uids (a project, an account); ``prefix`` names the per-record attributes
     (``<prefix>.offset``, ``.continued``, ``.partial``, ``.progress``) and the event names of restart and gap
-    records (``<prefix>.restarted``, ``<prefix>.gap``).
+    records (``<prefix>.restarted``, ``<prefix>.gap``, ``<prefix>.complete``).
     """
 
     __slots__ = (
@@ -184,5 +184,54 @@ class LineMapper:
                 f"{self.prefix}.gap.end": end,
                 f"{self.prefix}.gap.reason": reason,
             },
+            resource=self.resource,
+        )
+
+    def complete(
+        self,
+        *,
+        size: int | None,
+        position: int,
+        bytes_read: int,
+        records: int,
+        gaps: int,
+        restarts: int,
+        read_from: int,
+        observed_ns: int,
+    ) -> Record:
+        """A record saying a drained log was read to its end (or not): what the reader saw of it.
+
+        ``size``: what the API reports (None: it did not say); ``position``: the first byte not
+        read; ``read_from``: where reading began (``start_at: end`` skips the head by choice, so
+        that is no gap). Complete means the position is that size and no gap was recorded. The uid depends only on the target and
+        the size, so a drain replayed after a crash yields this same record.
+        """
+        complete = size is not None and position == size and gaps == 0
+        p = self.prefix
+        attributes: dict[str, AttrValue] = {
+            f"{p}.complete": complete,
+            f"{p}.bytes_read": bytes_read,
+            f"{p}.records": records,
+            f"{p}.gaps": gaps,
+            f"{p}.restarts": restarts,
+            f"{p}.read_from": read_from,
+            f"{p}.position": position,
+        }
+        if size is not None:
+            attributes[f"{p}.size"] = size
+        said = f"{size} bytes" if size is not None else "an unknown size"
+        verdict = "complete" if complete else "INCOMPLETE"
+        return Record(
+            body=f"log drained, {verdict}: read up to byte {position} of {said} "
+            f"({bytes_read} bytes read from byte {read_from}, {records} records, "
+            f"{gaps} gaps, {restarts} restarts)",
+            uid=record_uid(self.scope, self.source, self.target, "complete", "?" if size is None else size),
+            observed_ns=observed_ns,
+            time_ns=observed_ns,
+            severity_number=SEV_INFO if complete else SEV_WARN,
+            severity_text="INFO" if complete else "WARN",
+            event_name=f"{p}.complete",
+            shared=self.shared,
+            attributes=attributes,
             resource=self.resource,
         )

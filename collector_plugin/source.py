@@ -138,12 +138,18 @@ class SourceMetrics(Protocol):
     def restart(self) -> None:
         """A log was restarted (it is read again from the start)."""
 
+    def log_complete(self, complete: bool) -> None:
+        """A log was drained; ``complete``: read to the size the API reports, without gaps."""
+
 
 class _NoMetrics:
     def gap(self) -> None:
         return None
 
     def restart(self) -> None:
+        return None
+
+    def log_complete(self, complete: bool) -> None:
         return None
 
 

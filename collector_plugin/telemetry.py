@@ -116,6 +116,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.logs_drained = Counter(
+            PREFIX + "logs_drained",
+            "Logs read to their end once their job ended; complete: as long as the API says, no gaps.",
+            ["source", "complete"],
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
             PREFIX + "checkpoint_age_seconds",
             "Seconds since the last checkpoint commit (0 before the first one).",
@@ -444,9 +450,13 @@ class SourceCounters:
     def __init__(self, metrics: Metrics, source: str) -> None:
         self._gaps = metrics.gaps.labels(source)
         self._restarts = metrics.restarts_detected.labels(source)
+        self._drained = {c: metrics.logs_drained.labels(source, str(c).lower()) for c in (True, False)}
 
     def gap(self) -> None:
         self._gaps.inc()
 
     def restart(self) -> None:
         self._restarts.inc()
+
+    def log_complete(self, complete: bool) -> None:
+        self._drained[complete].inc()

@@ -29,7 +29,7 @@ from collector_plugin.config import Config, parse_config
 from collector_plugin.mapping import LineMapper
 from collector_plugin.plugins import DEFAULT_PLUGINS, load_sources
 from collector_plugin.records import EMPTY_ATTRIBUTES
-from collector_plugin.sources.modelarts.records import LOG_ATTRIBUTE_PREFIX
+from collector_plugin.sources.modelarts.records import EVENT_SERVICE_UPDATE, EVENT_TRAINING_JOB, LOG_ATTRIBUTE_PREFIX
 from collector_plugin.telemetry import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ ENV = {
 RECEIVER_CONFIGS = ["config-minimal.yaml", "config-full.yaml"]
 
 # What the receiver sets (see README "Records"), and how Loki's OTLP endpoint stores it.
-RESOURCE_INDEXED = ("service.name", "cloud.region")  # in Loki's default index-label list
+RESOURCE_INDEXED = ("service.name", "service.instance.id", "cloud.region")  # in Loki's default index-label list
 RESOURCE_METADATA = ("cloud.provider", "cloud.platform", "modelarts.project.id")
 RECORD_ATTRIBUTES = (
     "modelarts.training_job.id",
@@ -53,6 +53,10 @@ RECORD_ATTRIBUTES = (
     "modelarts.training_job.version.id",
     "modelarts.task.id",
     "modelarts.log.offset",
+    "modelarts.log.complete",
+    "modelarts.log.size",
+    "modelarts.log.bytes_read",
+    "modelarts.log.gaps",
     "log.file.name",
     "modelarts.event.source",
     "modelarts.service.id",
@@ -61,6 +65,7 @@ RECORD_ATTRIBUTES = (
     "log.record.uid",
 )
 LOKI_SEVERITY_FIELDS = {"detected_level", "severity_text", "severity_number"}
+LOKI_EVENT_NAME = "event_name"  # the record's EventName, structured metadata since Loki 3.8
 SERVICE_NAMES = {"modelarts-training", "modelarts-inference"}
 
 
@@ -69,7 +74,12 @@ def loki_name(attribute: str) -> str:
 
 
 INDEX_LABELS = {loki_name(a) for a in RESOURCE_INDEXED}
-LOKI_FIELDS = INDEX_LABELS | {loki_name(a) for a in RESOURCE_METADATA + RECORD_ATTRIBUTES} | LOKI_SEVERITY_FIELDS
+LOKI_FIELDS = (
+    INDEX_LABELS
+    | {loki_name(a) for a in RESOURCE_METADATA + RECORD_ATTRIBUTES}
+    | LOKI_SEVERITY_FIELDS
+    | {LOKI_EVENT_NAME}
+)
 
 
 def load_yaml(name: str) -> Any:
@@ -363,7 +373,8 @@ def test_the_attribute_list_matches_the_code() -> None:
         prefix=LOG_ATTRIBUTE_PREFIX,
     )
     line = mapper.record("a", 0, 0, continued=True, partial=True)
-    derived = {f'"{name}"' for name in line.attributes}
+    done = mapper.complete(size=1, position=1, bytes_read=1, records=1, gaps=0, restarts=0, read_from=0, observed_ns=0)
+    derived = {f'"{name}"' for name in {**line.attributes, **done.attributes}}
     for attribute in RESOURCE_INDEXED + RESOURCE_METADATA + RECORD_ATTRIBUTES:
         assert f'"{attribute}"' in source or f'"{attribute}"' in derived, (
             f"{attribute} is no longer set by collector_plugin"
@@ -385,6 +396,123 @@ def test_the_query_check_catches_names_the_receiver_does_not_set(expr: str) -> N
     with pytest.raises(AssertionError):
         selector, names = logql_names(expr)
         assert selector <= INDEX_LABELS and names <= LOKI_FIELDS
+
+
+# ---------------------------------------------------------------- alerting rules
+
+RULE_KEYS = {"alert", "expr", "for", "labels", "annotations"}
+
+
+def event_names() -> set[str]:
+    """Every EventName the receiver writes."""
+    mapper = LineMapper(
+        scope="p",
+        source="s",
+        target="t",
+        shared=EMPTY_ATTRIBUTES,
+        resource=EMPTY_ATTRIBUTES,
+        prefix=LOG_ATTRIBUTE_PREFIX,
+    )
+    built = [
+        mapper.restarted(size=0, cursor=1, observed_ns=0),
+        mapper.gap(start=0, end=1, reason="r", observed_ns=0),
+        mapper.complete(size=1, position=1, bytes_read=1, records=1, gaps=0, restarts=0, read_from=0, observed_ns=0),
+    ]
+    return {r.event_name for r in built} | {EVENT_TRAINING_JOB, EVENT_SERVICE_UPDATE}
+
+
+@pytest.fixture(scope="module")
+def loki_rules() -> list[dict[str, Any]]:
+    data = load_yaml("loki-rules.yaml")
+    assert set(data) == {"groups"}, "a Loki rules file holds only groups"
+    rules: list[dict[str, Any]] = []
+    for group in data["groups"]:
+        assert isinstance(group["name"], str) and group["name"]
+        assert set(group) <= {"name", "interval", "limit", "rules"}, group["name"]
+        for rule in group["rules"]:
+            assert set(rule) == RULE_KEYS, f"{rule.get('alert')}: {sorted(RULE_KEYS ^ set(rule))}"
+            assert re.fullmatch(r"[A-Za-z_]\w*", rule["alert"]), rule["alert"]
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+            assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+            rules.append(rule)
+    return rules
+
+
+def test_the_loki_rules_cover_what_an_ml_team_needs(loki_rules: list[dict[str, Any]]) -> None:
+    names = " ".join(r["alert"].lower() for r in loki_rules)
+    for words in ("failed", "outofmemory", "loss", "silent", "incomplete"):
+        assert words in names, words
+    readme = (EXAMPLES / "README.md").read_text()
+    assert "loki-rules.yaml" in readme
+
+
+def test_every_loki_rule_names_only_what_the_receiver_sets(loki_rules: list[dict[str, Any]]) -> None:
+    known_events = event_names()
+    for rule in loki_rules:
+        expr = rule["expr"]
+        selector, names = logql_names(expr)
+        assert selector and selector <= INDEX_LABELS, f"{rule['alert']}: only index labels select streams"
+        assert names <= LOKI_FIELDS, f"{rule['alert']}: {sorted(names - LOKI_FIELDS)} are not set by the receiver"
+        for service in re.findall(r'service_name\s*=~?\s*"([^"]*)"', expr):
+            assert set(service.split("|")) <= SERVICE_NAMES, rule["alert"]
+        for event in re.findall(r'event_name\s*=\s*"([^"]*)"', expr):
+            assert event in known_events, f"{rule['alert']}: no record has EventName {event}"
+        templated = set(re.findall(r"\$labels\.(\w+)", json.dumps(rule["annotations"])))
+        grouped = {n.strip() for g in re.findall(r"\bby\s*\(([^)]*)\)", expr) for n in g.split(",")}
+        assert templated <= grouped, f"{rule['alert']}: annotations use labels the query drops"
+
+
+def _rule(rules: list[dict[str, Any]], alert: str) -> str:
+    (expr,) = [r["expr"] for r in rules if r["alert"] == alert]
+    (pattern,) = re.findall(r"`([^`]*)`", expr)
+    return str(pattern)
+
+
+@pytest.mark.parametrize(
+    ("line", "fires"),
+    [
+        ("epoch 3 step 100 loss: nan", True),
+        ("train_loss=-inf lr=0.001", True),
+        ("loss: tensor(nan, device='cuda:0')", True),
+        ("Loss = NaN", True),
+        ("loss: 0.35 inference time 3 ms", False),
+        ("loss: 0.3 lr: inf", False),
+        ("glossary: nan", False),
+    ],
+)
+def test_the_loss_alert_matches_non_finite_losses_only(
+    loki_rules: list[dict[str, Any]], line: str, fires: bool
+) -> None:
+    assert bool(re.search(_rule(loki_rules, "ModelArtsLossNotFinite"), line)) is fires
+
+
+@pytest.mark.parametrize(
+    ("line", "fires"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("RuntimeError: CUDA error: out of memory", True),
+        ("torch.cuda.OutOfMemoryError: ...", True),
+        ("host memory 80% used", False),
+    ],
+)
+def test_the_oom_alert_matches_cuda_out_of_memory(loki_rules: list[dict[str, Any]], line: str, fires: bool) -> None:
+    assert bool(re.search(_rule(loki_rules, "ModelArtsCudaOutOfMemory"), line)) is fires
+
+
+def test_the_prometheus_lag_rules_in_the_readme_name_exposed_metrics() -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    (block,) = re.findall(r"## Alerting.*?```yaml\n(.*?)```", readme, re.S)
+    exposed = exposed_metrics()
+    used: set[str] = set()
+    for group in yaml.safe_load(block)["groups"]:
+        for rule in group["rules"]:
+            assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
+            metrics, labels = promql_names(rule["expr"])
+            assert metrics and metrics <= set(exposed), rule["alert"]
+            assert labels <= set().union(*(exposed[m] for m in metrics)), rule["alert"]
+            used |= metrics
+    assert {"modelarts_receiver_target_lag_seconds", "modelarts_receiver_logs_drained_total"} <= used
 
 
 # ---------------------------------------------------------------- sidecar of the official chart

@@ -186,6 +186,7 @@ async def test_log_restarted_shorter_is_read_again_with_a_record_saying_so(make_
         "continued": False,
         "epoch": 1,
         "before": b"new\n".hex(),
+        "seen": [16, 3, 0, 1, 0],  # bytes read, records, gaps, restarts, read from
     }
     restarts = metrics.registry.get_sample_value(
         "modelarts_receiver_log_restarts_detected_total", {"source": "training_job_logs_v1"}
@@ -288,3 +289,30 @@ def test_complete_prefix_keeps_only_characters_known_complete(
 def test_a_trailing_replacement_character_is_kept_at_the_end_of_an_ended_log() -> None:
     resp = V1LogResponse.model_validate({"log": "ab\ufffd", "count": 5})
     assert complete_prefix(resp, 2048, final=True) == "ab\ufffd".encode()
+
+
+async def test_a_drained_v1_log_gives_one_complete_record(make_sim: Any) -> None:
+    scenario = Scenario()
+    data = mixed_text(5, 4000)
+    scenario.add_v1_job(7, 1, {"train.log": data})
+    sim = make_sim(scenario)
+    metrics = Metrics()
+    source, client = make_source(sim, start_at="beginning", metrics=metrics)
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()  # v1 jobs never say they ended: a log read live, then no longer listed
+        await harness.poll(draining=True)
+        await harness.poll(draining=True)
+    done = [r for r in harness.records if r.event_name == "modelarts.log.complete"]
+    assert len(done) == 1 and done[0] is harness.records[-1]
+    a = done[0].attributes
+    assert (a["modelarts.log.complete"], a["modelarts.log.size"], a["modelarts.log.bytes_read"]) == (
+        True,
+        len(data),
+        len(data),
+    )
+    assert a["modelarts.log.records"] == len([r for r in harness.records if not r.event_name])
+    drained = metrics.registry.get_sample_value(
+        "modelarts_receiver_logs_drained_total", {"source": "training_job_logs_v1", "complete": "true"}
+    )
+    assert drained == 1

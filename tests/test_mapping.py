@@ -208,3 +208,25 @@ def test_resource_precedence() -> None:
     assert parse_resource_env("a=1,,b") == {"a": "1"}
     overridden = modelarts_resource(context("r", "p", {"service.name": "mine"}, {}), SERVICE_INFERENCE).as_dict()
     assert overridden["service.name"] == "mine"
+
+
+@given(
+    size=st.one_of(st.none(), st.integers(0, 2**40)),
+    position=st.integers(0, 2**40),
+    gaps=st.integers(0, 5),
+    observed=st.integers(0, 2**62),
+)
+def test_complete_record_says_complete_only_when_read_to_the_size_without_gaps(
+    size: int | None, position: int, gaps: int, observed: int
+) -> None:
+    mapper = LineMapper(scope="p", source="s", target="t", shared=EMPTY_ATTRIBUTES, resource=EMPTY_ATTRIBUTES)
+    counts = {"bytes_read": position, "records": 3, "gaps": gaps, "restarts": 1, "read_from": 0}
+    record = mapper.complete(size=size, position=position, observed_ns=observed, **counts)
+    complete = size == position and gaps == 0
+    assert record.attributes["log.complete"] is complete
+    assert record.event_name == "log.complete" and record.severity_text == ("INFO" if complete else "WARN")
+    assert record.attributes.get("log.size") == size and record.observed_ns == record.time_ns == observed
+    # The uid is the target's and the size's: other counts or another time give the same one.
+    other = mapper.complete(size=size, position=0, observed_ns=observed + 1, **{**counts, "gaps": gaps + 1})
+    assert other.uid == record.uid
+    assert mapper.complete(size=(size or 0) + 1, position=position, observed_ns=observed, **counts).uid != record.uid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from log_helpers import FakeClock, Harness, expected_lines, joined, mixed_text
 from modelarts_helpers import modelarts_context
 
@@ -389,7 +392,7 @@ async def test_invalid_utf8_is_read_byte_exact_through_obs(make_sim: Any, scenar
         harness = Harness(source, (await source.targets())[0])
         await harness.poll(draining=True)
     assert joined(harness.records) == expected_lines(data)
-    offsets = [r.attributes["modelarts.log.offset"] for r in harness.records]
+    offsets = [r.attributes["modelarts.log.offset"] for r in harness.records if not r.event_name]
     assert offsets[:4] == [0, 3, 16, 24]
 
 
@@ -403,8 +406,8 @@ async def test_offsets_and_uids_are_stable_across_replays(make_sim: Any, scenari
         await once.poll(draining=True)
         again = Harness(source, target)
         await again.poll(draining=True)
-    assert [(r.uid, r.attributes["modelarts.log.offset"]) for r in once.records] == [
-        (r.uid, r.attributes["modelarts.log.offset"]) for r in again.records
+    assert [(r.uid, r.attributes.get("modelarts.log.offset")) for r in once.records] == [
+        (r.uid, r.attributes.get("modelarts.log.offset")) for r in again.records
     ]
 
 
@@ -502,3 +505,129 @@ async def test_bytes_the_obs_object_never_holds_become_a_gap_record(
         metrics.registry.get_sample_value("modelarts_receiver_gaps_detected_total", {"source": "training_task_logs"})
         == 1
     )
+
+
+COMPLETE = "modelarts.log.complete"
+
+
+def ended(target: TaskLogTarget) -> TaskLogTarget:
+    return dataclasses.replace(target, active=False)
+
+
+def drained_counts(metrics: Metrics, complete: bool) -> float | None:
+    return metrics.registry.get_sample_value(
+        "modelarts_receiver_logs_drained_total", {"source": "training_task_logs", "complete": str(complete).lower()}
+    )
+
+
+@pytest.mark.parametrize("preview_cap", [5 * 1024 * 1024, 300])
+async def test_a_drained_log_gives_one_complete_record_with_what_was_read(
+    make_sim: Any, scenario: Scenario, preview_cap: int
+) -> None:
+    data = mixed_text(11, 3000) + b"no newline at the end"
+    log = add_log(scenario, data)
+    sim = make_sim(preview_cap=preview_cap)
+    metrics = Metrics()
+    source, client = await make_source(sim, start_at="beginning", metrics=metrics)
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()
+        more = b"last words\n"
+        log.append(more)
+        await harness.poll(draining=True)
+        await harness.poll(draining=True)  # drained again by the same reader: said once
+    (done,) = [r for r in harness.records if r.event_name == COMPLETE]
+    lines = [r for r in harness.records if not r.event_name]
+    assert done is harness.records[-1]
+    a = done.attributes
+    size = len(data + more)
+    assert a[COMPLETE] is True and (done.severity_number, done.severity_text) == (9, "INFO")
+    assert (a["modelarts.log.size"], a["modelarts.log.position"], a["modelarts.log.bytes_read"]) == (size, size, size)
+    assert (a["modelarts.log.records"], a["modelarts.log.gaps"], a["modelarts.log.restarts"]) == (len(lines), 0, 0)
+    assert a["modelarts.log.read_from"] == 0
+    assert (drained_counts(metrics, True), drained_counts(metrics, False)) == (1, 0)
+
+
+async def test_a_log_with_a_gap_is_drained_incomplete(make_sim: Any, scenario: Scenario) -> None:
+    data = b"".join(b"line %04d\n" % i for i in range(1000))
+    add_log(scenario, data)
+    sim = make_sim(preview_cap=1000)
+    sim.faults.add(r"^/obs/", status=416, times=None)
+    metrics = Metrics()
+    source, client = await make_source(sim, start_at="beginning", metrics=metrics)
+    async with client:
+        harness = Harness(source, ended((await source.targets())[0]))
+        await harness.poll(draining=True)
+    done = harness.records[-1]
+    assert done.event_name == COMPLETE
+    assert done.attributes[COMPLETE] is False and done.severity_text == "WARN"
+    assert (done.attributes["modelarts.log.gaps"], done.attributes["modelarts.log.bytes_read"]) == (1, 1000)
+    assert done.attributes["modelarts.log.position"] == done.attributes["modelarts.log.size"] == len(data)
+    assert (drained_counts(metrics, True), drained_counts(metrics, False)) == (0, 1)
+
+
+async def test_start_at_end_counts_only_what_was_read_and_is_complete(make_sim: Any, scenario: Scenario) -> None:
+    log = add_log(scenario, b"old line\n" * 10)
+    sim = make_sim()
+    source, client = await make_source(sim)
+    async with client:
+        harness = Harness(source, (await source.targets())[0])
+        await harness.poll()
+        log.append(b"new\n")
+        await harness.poll(draining=True)
+    done = harness.records[-1]
+    assert (done.attributes["modelarts.log.read_from"], done.attributes["modelarts.log.bytes_read"]) == (90, 4)
+    assert done.attributes[COMPLETE] is True and done.attributes["modelarts.log.records"] == 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=3000), cut=st.integers(0, 3000), crash=st.integers(1, 6))
+async def test_a_drain_replayed_from_a_cursor_gives_the_same_complete_record(data: bytes, cut: int, crash: int) -> None:
+    """Counts travel in the cursor and the time in the journal: a replay after a crash is identical."""
+    scenario = Scenario()
+    log = add_log(scenario, data[:cut])
+    clock = FakeClock()
+    sim = Simulator(scenario, preview_cap=500).start()
+    source, client = await make_source(sim, start_at="beginning", clock=clock)
+    try:
+        await _drain_twice(source, client, log, data[cut:], clock, crash)
+    finally:
+        sim.stop()
+
+
+async def _drain_twice(
+    source: TaskLogsSource, client: ModelArtsClient, log: TaskLog, more: bytes, clock: FakeClock, crash: int
+) -> None:
+    async with client:
+        target = ended((await source.targets())[0])
+        first = Harness(source, target)
+        await first.poll()
+        log.append(more)
+        cursor = first.cursor
+        clock.advance(5)
+        await first.poll(draining=True)
+        clock.advance(60)  # a replay happens later: nothing in the record may show it
+        replay = Harness(source, target)
+        replay.reader = source.open(target, cursor)
+        await replay.poll(draining=True, crash_after=crash)
+        await replay.poll(draining=True)
+    (once,) = [r for r in first.records if r.event_name == COMPLETE]
+    again = [r for r in replay.records if r.event_name == COMPLETE]
+    assert again and all(r == once for r in again)
+    assert once.attributes["modelarts.log.bytes_read"] == once.attributes["modelarts.log.size"] == len(log.data)
+
+
+async def test_reading_a_running_jobs_log_to_its_end_at_once_is_no_drain(make_sim: Any, scenario: Scenario) -> None:
+    """``tail`` reads a running job's log with draining=True: no completeness record then."""
+    add_log(scenario, b"one\ntwo\n")
+    sim = make_sim()
+    source, client = await make_source(sim, start_at="beginning")
+    async with client:
+        target = (await source.targets())[0]
+        assert target.active
+        once = Harness(source, target)
+        await once.poll(draining=True)
+        drained = Harness(source, ended(target))
+        await drained.poll(draining=True)
+    assert [r.event_name for r in once.records] == ["", ""]
+    assert [r.event_name for r in drained.records] == ["", "", COMPLETE]

@@ -143,6 +143,7 @@ class V1LogReader(ByteLogReader):
                 context, config, SERVICE_TRAINING, f"{target.job_id}/{target.version_id}/{target.file_name}"
             ),
             cursor=cursor,
+            ended=not target.active,
         )
         self._client = client
         self._path = client.path(endpoints.V1_LOG, job_id=target.job_id, version_id=target.version_id)
@@ -162,6 +163,7 @@ class V1LogReader(ByteLogReader):
         return resp
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+        self.begin_poll(draining=draining)
         last = await self._get(-1)
         size = last.end_byte
         tail = exact_bytes(last)
@@ -189,6 +191,8 @@ class V1LogReader(ByteLogReader):
             yield flushed
         if size is not None:
             self.lag(size)
+        if (completed := self.complete_span(size, draining=draining)) is not None:
+            yield completed
 
     async def _read_ranges(self, pos: int, size: int | None, *, final: bool) -> AsyncIterator[Span]:
         """Read ranges from ``pos`` to ``size`` (unknown: while they come back full); a span per ~64 KiB.

@@ -5,7 +5,9 @@ Its cursor is ``{"offset": N, "continued": bool, "epoch": E}``: ``offset`` is th
 yet emitted (a restart re-reads a partial tail, never skips it), ``continued`` says the bytes
 there carry on a record already emitted (after a flush), and ``epoch`` counts the times the log
 restarted shorter, so the lines of a restarted log get uids distinct from the old ones at the
-same offsets.
+same offsets. ``seen`` (``[bytes_read, records, gaps, restarts, read_from]``) carries what
+:class:`DrainCounts` counted up to the cursor, so a drain replayed after a crash reports the
+same counts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,34 @@ from collector_plugin.sources.modelarts.records import LOG_ATTRIBUTE_PREFIX
 FINGERPRINT_BYTES = 64  # bytes before the position compared on each poll to spot a rewritten log
 
 
+@dataclass
+class DrainCounts:
+    """What readers of a log saw of it, carried from cursor to cursor: reported once it is drained.
+
+    Counted by readers, not known to the API: bytes of a log read by a receiver that lost its
+    checkpoint, or with a cursor written before these counts existed, are not in them.
+    ``read_from``: where reading began (``start_at: end`` skips the head by choice).
+    """
+
+    bytes_read: int = 0
+    records: int = 0
+    gaps: int = 0
+    restarts: int = 0
+    read_from: int = 0
+
+    def dump(self, held: int) -> list[int]:
+        """The counts as of the cursor: ``held`` bytes read past it are read (and counted) again."""
+        return [self.bytes_read - held, self.records, self.gaps, self.restarts, self.read_from]
+
+    @classmethod
+    def load(cls, value: object, offset: int) -> DrainCounts:
+        if value is None:
+            return cls(read_from=offset)  # an older cursor: what came before it is not known
+        if not isinstance(value, list) or len(value) != 5 or not all(type(v) is int and v >= 0 for v in value):
+            raise ValueError("seen")
+        return cls(*value)
+
+
 @dataclass(frozen=True)
 class LogCursor:
     """Where a log's next unread line starts; ``before``: the bytes just before it (restart check)."""
@@ -39,11 +69,14 @@ class LogCursor:
     continued: bool = False
     epoch: int = 0
     before: bytes = b""
+    seen: list[int] | None = None
 
     def dumps(self, codec: CursorCodec) -> str:
         data: dict[str, object] = {"offset": self.offset, "continued": self.continued, "epoch": self.epoch}
         if self.before:
             data["before"] = self.before.hex()
+        if self.seen is not None:
+            data["seen"] = self.seen
         return codec.dumps(data)
 
     @classmethod
@@ -55,9 +88,11 @@ class LogCursor:
             raise codec.fail("offset")
         try:
             before = bytes.fromhex(str(data.get("before", "")))[-FINGERPRINT_BYTES:]
-            return cls(offset, bool(data.get("continued", False)), int(data.get("epoch", 0)), before)
+            seen = data.get("seen")
+            DrainCounts.load(seen, offset)
+            return cls(offset, bool(data.get("continued", False)), int(data.get("epoch", 0)), before, seen)
         except (ValueError, TypeError):
-            raise codec.fail("before/epoch") from None
+            raise codec.fail("before/epoch/seen") from None
 
 
 class ByteLogReader:
@@ -78,6 +113,7 @@ class ByteLogReader:
         shared: Attributes,
         resource: Attributes,
         cursor: str | None,
+        ended: bool = False,
     ) -> None:
         self.key = key
         self.source = source
@@ -90,6 +126,13 @@ class ByteLogReader:
         self.codec = CursorCodec(source)
         self.resume: LogCursor | None = None if cursor is None else LogCursor.loads(cursor, self.codec)
         self.epoch = self.resume.epoch if self.resume else 0
+        self.counts: DrainCounts | None = (
+            DrainCounts.load(self.resume.seen, self.resume.offset) if self.resume is not None else None
+        )
+        self.completed = False
+        # A drain is the last read of a log whose job ended, or of one read live before: a
+        # one-shot read to the end of a running job's log (``tail``) is not one.
+        self.drains = ended
         self.assembler: LineAssembler | None = None
         self.recent = b""  # the last bytes read before the position: a rewritten log shows here
         self.mapper = self._mapper()
@@ -108,6 +151,8 @@ class ByteLogReader:
         )
 
     def start(self, offset: int, continued: bool = False) -> LineAssembler:
+        if self.counts is None:
+            self.counts = DrainCounts(read_from=offset)
         self.recent = b""
         self.assembler = LineAssembler.from_config(self.config, offset=offset, continued=continued)
         return self.assembler
@@ -139,7 +184,8 @@ class ByteLogReader:
         assert asm is not None
         held = asm.end_offset - asm.pending_offset  # read, but not yet emitted as a line
         before = self.recent[: len(self.recent) - held] if held < len(self.recent) else b""
-        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before).dumps(self.codec)
+        seen = self.counts.dump(held) if self.counts is not None else None
+        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before, seen).dumps(self.codec)
 
     def span(self, data: bytes, offset: int) -> Span:
         """Feed ``data`` (at byte ``offset``) and return its records with the cursor after them."""
@@ -147,6 +193,8 @@ class ByteLogReader:
         assert asm is not None
         if data:
             self.grew_ns = self.context.clock_ns()
+        if self.counts is not None:
+            self.counts.bytes_read += len(data)
         lines = asm.feed(data, offset)
         self.recent = (
             data[-FINGERPRINT_BYTES:] if len(data) >= FINGERPRINT_BYTES else (self.recent + data)[-FINGERPRINT_BYTES:]
@@ -158,6 +206,8 @@ class ByteLogReader:
 
     def _records(self, lines: list[Line], now: int) -> list[Record]:
         record, at = self.mapper.record, self.times.at
+        if self.counts is not None:
+            self.counts.records += len(lines)
         return [
             record(
                 ln.text, ln.offset, at(ln.offset, now), continued=ln.continued, partial=ln.partial, progress=ln.progress
@@ -192,6 +242,8 @@ class ByteLogReader:
         seen_at = self.times.at(max(0, asm.end_offset - 1), now)
         records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=seen_at))
         self.epoch += 1
+        if self.counts is not None:
+            self.counts.restarts += 1
         self.mapper = self._mapper()
         self.times = self.context.journal.open(self.mapper.target)
         self.start(0)
@@ -214,10 +266,43 @@ class ByteLogReader:
         start = asm.end_offset
         self.times.stamp(start, end, now)
         records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=self.times.at(start, now)))
+        if self.counts is not None:
+            self.counts.gaps += 1
         self.start(end)
         self.context.metrics.gap()
         self.context.logger.warning("%s: bytes %d-%d could not be read (%s); skipped", self.key, start, end, reason)
         return Span(self.key, records, self.cursor(), 0)
+
+    def begin_poll(self, *, draining: bool) -> None:
+        """Called as each poll starts: a live poll makes a later draining poll a drain."""
+        if not draining:
+            self.drains = True
+
+    def complete_span(self, size: int | None, *, draining: bool) -> Span | None:
+        """Once per reader, when a drain read to the end: a record of what was read (see
+        :meth:`LineMapper.complete`). None otherwise (not a drain, already said, still behind)."""
+        counts = self.counts
+        if not (draining and self.drains) or self.completed or self.status.behind or counts is None:
+            return None
+        self.completed = True
+        now = self.context.clock_ns()
+        position = self.position
+        self.times.stamp(position, position + 1, now)  # its time, journaled: a replayed drain reuses it
+        record = self.mapper.complete(
+            size=size,
+            position=position,
+            bytes_read=counts.bytes_read,
+            records=counts.records,
+            gaps=counts.gaps,
+            restarts=counts.restarts,
+            read_from=counts.read_from,
+            observed_ns=self.times.at(position, now),
+        )
+        complete = bool(record.attributes[f"{LOG_ATTRIBUTE_PREFIX}.complete"])
+        self.context.metrics.log_complete(complete)
+        if not complete:
+            self.context.logger.warning("%s: drained incomplete: %s", self.key, record.body)
+        return Span(self.key, [record], self.cursor(), 0)
 
     def rewritten(self, window: bytes, window_start: int) -> bool:
         """Whether ``window`` (log bytes from ``window_start``) contradicts the bytes last read.
@@ -234,4 +319,4 @@ class ByteLogReader:
         self.status.lag_bytes = max(0, size - self.position)
 
 
-__all__ = ["BadCursor", "ByteLogReader", "LogCursor"]
+__all__ = ["BadCursor", "ByteLogReader", "DrainCounts", "LogCursor"]

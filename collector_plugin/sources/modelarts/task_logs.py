@@ -129,6 +129,7 @@ class TaskLogReader(ByteLogReader):
             shared=task_log_attributes(target.job_id, target.task, target.job_name),
             resource=stream_resource(context, config, SERVICE_TRAINING, f"{target.job_id}/{target.task}"),
             cursor=cursor,
+            ended=not target.active,
         )
         self._client = client
         ids = {"training_job_id": target.job_id, "task_id": target.task}
@@ -142,6 +143,7 @@ class TaskLogReader(ByteLogReader):
         self._tail_via_obs = False
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+        self.begin_poll(draining=draining)
         if self.assembler is not None and not draining and self._tail_via_obs:
             tailed = False
             async for span in self._tail_from_obs():
@@ -184,6 +186,8 @@ class TaskLogReader(ByteLogReader):
             yield flushed
         self.lag(size)
         self._tail_via_obs = self._obs_sizes_known and self.position >= size
+        if (completed := self.complete_span(size, draining=draining)) is not None:
+            yield completed
 
     async def _tail_from_obs(self) -> AsyncIterator[Span | None]:
         """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
