@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import sink  # noqa: E402
 from run import PY, ROOT, Helpers, base_config, cpus, get_json, pin, start_receiver, stop, table, verdict  # noqa: E402
 from sink import Tally  # noqa: E402
 
@@ -88,45 +86,8 @@ class StateTally(Tally):
 
 
 def serve_sink() -> None:
-    """Like ``sink.serve``, with :class:`StateTally`; until SIGTERM."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-
-    tally = StateTally()
-    ok = ExportLogsServiceResponse().SerializeToString()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.headers.get("Content-Encoding", "").lower() == "gzip":
-                import gzip
-
-                data = gzip.decompress(data)
-            tally.add(data)
-            self._send(ok, "application/x-protobuf")
-
-        def do_GET(self) -> None:
-            self._send(json.dumps(tally.stats()).encode(), "application/json")
-
-        def _send(self, body: bytes, kind: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(json.dumps({"port": server.server_address[1]}), flush=True)
-    done.wait()
-    server.shutdown()
+    """``sink.serve`` with :class:`StateTally`; until SIGTERM."""
+    sink.serve(StateTally())
 
 
 # --- the run ------------------------------------------------------------------------------------

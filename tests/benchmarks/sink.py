@@ -98,8 +98,9 @@ def _pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def serve() -> None:
-    tally = Tally()
+def serve(tally: Tally | None = None) -> None:
+    """Count what arrives in ``tally`` (a plain :class:`Tally` by default) until SIGTERM."""
+    tally = tally or Tally()
     ok = ExportLogsServiceResponse().SerializeToString()
 
     class Handler(BaseHTTPRequestHandler):
