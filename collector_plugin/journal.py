@@ -73,7 +73,7 @@ class LogTimes:
     def __init__(self, backend: JournalBackend, key: str, ranges: Sequence[Range]) -> None:
         self._backend = backend
         self.key = key
-        self._starts = [r[0] for r in ranges]
+        self._starts = [r[0] for r in ranges]  # beside the ranges: bisect on the hot path without a key call
         self._ranges = list(ranges)
         self._warned = False
 

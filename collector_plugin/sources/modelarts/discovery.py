@@ -81,7 +81,9 @@ class Discoverable:
 
     @property
     def refresh_interval(self) -> float:
-        return float(self.discovery.interval) if self.discovery.enabled else 60.0
+        if self.discovery.enabled:
+            return float(self.discovery.interval)
+        return float(super().refresh_interval)  # type: ignore[misc]  # SourceConfig's, next in the MRO
 
 
 def is_ended(phase: str) -> bool:
