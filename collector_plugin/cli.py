@@ -93,9 +93,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def health_url(listen: str) -> str:
     """Where ``/healthz`` answers for a ``telemetry.listen`` address, seen from the same host."""
-    from collector_plugin.telemetry import parse_listen
+    from collector_plugin.config import parse_listen_address
 
-    host, port = parse_listen(listen)
+    host, port = parse_listen_address(listen)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1" if host != "::" else "::1"
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"

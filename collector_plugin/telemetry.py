@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from collector_plugin.config import parse_listen_address
 from collector_plugin.errors import ReceiverError
 from collector_plugin.logs import redact
 from collector_plugin.status import render_html
@@ -277,15 +278,6 @@ class WatchedStore:
         self.store.close()
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) -> (host, port)."""
-    host, sep, port_text = listen.strip().rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"telemetry.listen must look like host:port, not {listen!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -352,7 +344,7 @@ class TelemetryServer:
         """Bind and serve in a daemon thread; a no-op when disabled or already running."""
         if not self.enabled or self._server is not None:
             return
-        host, port = parse_listen(self.listen)
+        host, port = parse_listen_address(self.listen)
         server_cls: type[_Server] = _Server
         if ":" in host:
             server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 import pytest
 
 from collector_plugin.config import TelemetryConfig, parse_config
+from collector_plugin.config import parse_listen_address as parse_listen
 from collector_plugin.errors import CheckpointError, ConfigError
 from collector_plugin.logs import clear_secrets, register_secret
 from collector_plugin.plugins import load_sources
-from collector_plugin.telemetry import Health, Metrics, TelemetryServer, WatchedStore, parse_listen
+from collector_plugin.telemetry import Health, Metrics, TelemetryServer, WatchedStore
 
 try:
     from telemetry_helpers import get, parse_metrics, sample_key, scrape, total
