@@ -216,6 +216,7 @@ class RateController:
         self._admitted = 0
         self._episode_seq = -1  # permits with seq <= this were admitted before the last cut
         self._streak = 0  # throttles since the last success
+        self.share = 1  # replicas spending this credential's budget: each gets 1/share of every cap
 
     @property
     def burst(self) -> int:
@@ -229,7 +230,12 @@ class RateController:
         for window, (_, seen) in list(self.limits.items()):
             if now - seen > self.limit_ttl:
                 del self.limits[window]
-        return min([self.ceiling] + [limit.safe_rate for limit, _ in self.limits.values()])
+        return min([self.ceiling] + [limit.safe_rate for limit, _ in self.limits.values()]) / self.share
+
+    def set_share(self, replicas: int, now: float) -> None:
+        """Spend 1/``replicas`` of the credential's budget: the gateway limits the user, not the pod."""
+        self.share = max(1, replicas)
+        self.rate = max(self.min_rate, min(self.rate, self.cap(now)))
 
     def _refill(self, now: float) -> None:
         start = max(self._last, self.paused_until)
@@ -444,6 +450,13 @@ class Budget:
 
     def snapshot(self) -> Snapshot:
         return self._core.snapshot(self._clock())
+
+    def set_share(self, replicas: int) -> None:
+        """Spend 1/``replicas`` of the credential's budget (see :meth:`RateController.set_share`)."""
+        if replicas != self._core.control.share:
+            self._core.control.set_share(replicas, self._clock())
+            self._publish()
+            self._wake.set()
 
     def _log_throttling(
         self, now: float, throttled: bool, was_paused: bool, code: str, retry_after: float | None

@@ -212,6 +212,18 @@ class CheckpointConfig(_Strict):
 
     path: str = DEFAULT_CHECKPOINT_PATH
     url: str | None = Field(default=None, repr=False)
+    lease_ttl: Duration = Field(
+        default=15.0,
+        ge=1.0,
+        le=600.0,
+        description="With url: how long a replica's target leases last unrenewed (renewed every third of it).",
+    )
+    member_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="With url: this replica's name among the members (default: host name, process id, random).",
+    )
 
     @field_validator("url")
     @classmethod

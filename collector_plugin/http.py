@@ -317,6 +317,11 @@ class HttpClients:
             )
         return found
 
+    def share(self, replicas: int) -> None:
+        """Each client spends 1/``replicas`` of its budget: replicas share one credential's limit."""
+        for client in self._clients.values():
+            client.budget.set_share(replicas)
+
     def budget_snapshots(self) -> dict[str, Snapshot]:
         """Each client's API budget, by client name (for the status page)."""
         return {name: client.budget.snapshot() for name, client in self._clients.items()}

@@ -8,7 +8,9 @@ records go out; a replay finds the range and uses its time. Times never decrease
 Ranges below a committed cursor are pruned when a reader opens there, and at most
 :data:`MAX_RANGES` are kept per log (older ones only matter to a replay of data that old). When
 the store cannot be written (a full disk), records still go out with the time kept in memory:
-delivery first, a warning that a replay may not match.
+delivery first, a warning that a replay may not match. A store that cannot be *reached* (the
+replicas' database down) is different: it will answer again, and meanwhile another replica may
+take the log over and read it again, so the read fails and is retried; nothing goes out unjournaled.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from collector_plugin.errors import ReceiverError
+from collector_plugin.errors import ReceiverError, StoreUnavailable
 
 log = logging.getLogger("collector_plugin.journal")
 
@@ -94,6 +96,8 @@ class LogTimes:
         time_ns = max(now_ns, self._ranges[-1][2] if self._ranges else 0)
         try:
             self._backend.add_read_time(self.key, first, end, time_ns)
+        except StoreUnavailable:
+            raise  # the poll fails and is retried once the database answers: see the module docstring
         except ReceiverError as exc:  # e.g. a full disk: the records still go out, a replay may differ
             if not self._warned:
                 log.warning("read times not journaled; a replay of these records may differ", extra={"error": str(exc)})

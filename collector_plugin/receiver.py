@@ -21,13 +21,14 @@ from collector_plugin.http import ApiClient, HttpClients
 from collector_plugin.journal import ReadJournal
 from collector_plugin.logs import register_secret
 from collector_plugin.plugins import RegisteredSource
+from collector_plugin.replicas import Coordinator, FencedCursors, default_member_id
 from collector_plugin.scheduler import Scheduler, SourceRuntime
 from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import CONNECTION as MODELARTS
 from collector_plugin.sources.modelarts.client import RETRYABLE_CODES
 from collector_plugin.status import StatusProvider
-from collector_plugin.store import Store, open_store
+from collector_plugin.store import CursorStore, Store, open_store
 from collector_plugin.telemetry import Health, Metrics, SourceCounters, TelemetryServer, WatchedStore
 
 log = logging.getLogger("collector_plugin.receiver")
@@ -91,6 +92,7 @@ class Receiver:
     health: Health | None = None
     status: StatusProvider | None = None
     summary: ShutdownSummary | None = None  # set when run() returns
+    coordinator: Coordinator | None = None  # several replicas (checkpoint.url): this one's leases
 
     def ready(self) -> tuple[bool, str]:
         """Config valid and store open (we exist); the last export succeeded or nothing was sent;
@@ -99,6 +101,10 @@ class Receiver:
             return False, "starting"
         if self.pipeline.last_export_ok is False:
             return False, f"last export failed: {self.pipeline.last_error}"
+        if self.coordinator is not None:
+            ok, why = self.coordinator.ready()
+            if not ok:
+                return ok, why
         return (True, "ready") if self.health is None else self.health.check()
 
     async def run(self, stop: asyncio.Event) -> bool:
@@ -118,11 +124,22 @@ class Receiver:
             "receiver started",
             extra={"sources": [rt.name for rt in self.scheduler.sources], "version": __version__},
         )
+        leases_stop = asyncio.Event()
+        leases = None
+        if self.coordinator is not None:
+            leases = asyncio.create_task(self.coordinator.run(leases_stop), name="leases")
         try:
             await self.scheduler.run(stop)
         finally:
             grace = float(self.config.shutdown.grace_period)
+            if self.coordinator is not None:
+                self.coordinator.winding_down = True  # keep renewing while the pipeline flushes
             clean = await self.pipeline.close(grace)
+            if self.coordinator is not None and leases is not None:
+                await self.coordinator.release_all()  # others take them at once, at committed cursors
+                leases_stop.set()
+                await asyncio.gather(leases, return_exceptions=True)
+                self.coordinator.close()
             await self.http.aclose()
             self.store.close()
             if self.telemetry is not None:
@@ -235,13 +252,20 @@ def build_receiver(
     store = open_store(config.checkpoint.model_copy(update={"path": settings.checkpoint_path}))
     health = Health(metrics, float(config.telemetry.unready_after))
     journal = ReadJournal(store)  # read times live with the cursors they are pruned by
+    coordinator = None
+    cursors: CursorStore = store
+    if config.checkpoint.url:  # several replicas: fenced leases decide who reads and commits what
+        member = config.checkpoint.member_id or default_member_id()
+        coordinator = Coordinator(store.leases, store, member, float(config.checkpoint.lease_ttl), metrics, budget=http)
+        cursors = FencedCursors(store, coordinator, metrics)
     pipeline = build_pipeline(
         config.exporter,
-        WatchedStore(store, health),
+        WatchedStore(cursors, health),
         metrics,
         {},  # only read when transport is None, and it is not: settings.exporter is resolved
         scope_version=__version__,
         transport=transport or make_transport(settings.exporter),
+        commit_in_thread=coordinator is not None,  # a database round trip must not stall the loop
     )
     runtimes = [
         SourceRuntime(
@@ -249,8 +273,10 @@ def build_receiver(
         )
         for name, cfg in config.sources.items()
     ]
-    scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter)
-    receiver = Receiver(config, http, store, pipeline, scheduler, metrics, health=health)
+    scheduler = Scheduler(runtimes, pipeline, store, metrics, jitter=jitter, ownership=coordinator)
+    receiver = Receiver(config, http, store, pipeline, scheduler, metrics, health=health, coordinator=coordinator)
+    if coordinator is not None:
+        coordinator.attach(scheduler, pipeline)
     receiver.status = StatusProvider(
         scheduler, pipeline, metrics, http.budget_snapshots, receiver.ready, health.last_ack_age
     )

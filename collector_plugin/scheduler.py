@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,22 @@ class SpanSink(Protocol):
 
 class CursorLookup(Protocol):
     def get(self, key: str) -> str | None: ...
+
+
+class Ownership(Protocol):
+    """Which targets this replica may read (``collector_plugin.replicas``); absent: all of them."""
+
+    def listed(self, source: str, keys: Collection[str]) -> None:
+        """The keys ``source`` lists now (the group balances them)."""
+        ...
+
+    def owns(self, key: str) -> bool:
+        """Whether this replica holds ``key``'s lease now: checked before each poll and each span."""
+        ...
+
+
+class LeaseLost(Exception):
+    """The target's lease ran out or moved on mid-poll: stop; its new owner reads on from the commit."""
 
 
 @dataclass
@@ -91,14 +107,17 @@ class Scheduler:
         metrics: Metrics,
         *,
         jitter: bool = True,
+        ownership: Ownership | None = None,
     ) -> None:
         self.sources = sources
+        self.ownership = ownership
         self.sink = sink
         self.cursors = cursors
         self.metrics = metrics
         self.jitter = jitter
         self._targets: dict[str, dict[str, TargetState]] = {s.name: {} for s in sources}
         self._finished: dict[str, set[str]] = {s.name: set() for s in sources}
+        self._listed: dict[str, dict[str, Target]] = {s.name: {} for s in sources}
         self._stop = asyncio.Event()
         self.polls_completed = 0
         self._first_data: dict[str, int] = {s.name: 0 for s in sources}  # targets with first records, not yet logged
@@ -147,8 +166,8 @@ class Scheduler:
 
     def _apply_targets(self, rt: SourceRuntime, targets: Any) -> None:
         states = self._targets[rt.name]
-        finished = self._finished[rt.name]
         listed: dict[str, Target] = {t.key: t for t in targets}
+        self._listed[rt.name] = listed
         self.metrics.targets_discovered.labels(rt.name).set(len(listed))
         added: list[str] = []
         for key, target in listed.items():
@@ -158,13 +177,10 @@ class Scheduler:
                     states[key].draining = True
                     states[key].wake.set()
                 continue
-            if not target.active and key in finished:
-                continue  # drained before and still ended: nothing new can come
-            finished.discard(key)
-            state = TargetState(target=target, cursor=self.cursors.get(key), draining=not target.active)
-            states[key] = state
-            added.append(key)
-            state.task = asyncio.create_task(self._run_target(rt, key, state), name=f"poll:{key}")
+            if self.ownership is not None:
+                continue  # started by adopt() once this replica holds its lease
+            if self._start(rt, key, target, self.cursors.get(key)):
+                added.append(key)
         dropped = []
         for key, state in list(states.items()):
             if key not in listed and not state.draining:
@@ -176,6 +192,56 @@ class Scheduler:
                 state.wake.set()
         self._count_active(rt.name)
         self._log_targets(rt.name, len(listed), added, dropped)
+        if self.ownership is not None:
+            self.ownership.listed(rt.name, listed.keys())
+
+    def _start(self, rt: SourceRuntime, key: str, target: Target, cursor: str | None) -> bool:
+        """Start polling ``target`` from ``cursor``; False when it was drained before and is still ended."""
+        finished = self._finished[rt.name]
+        if not target.active and key in finished:
+            return False  # drained before and still ended: nothing new can come
+        finished.discard(key)
+        state = TargetState(target=target, cursor=cursor, draining=not target.active)
+        self._targets[rt.name][key] = state
+        state.task = asyncio.create_task(self._run_target(rt, key, state), name=f"poll:{key}")
+        return True
+
+    # -- leases (several replicas): the coordinator hands targets in and takes them back
+
+    def running(self) -> set[str]:
+        """Keys with a poll task now (any source)."""
+        return {key for states in self._targets.values() for key in states}
+
+    def listed_keys(self) -> set[str]:
+        """Every key the sources list now (any source, whoever reads it)."""
+        return {key for listed in self._listed.values() for key in listed}
+
+    def adopt(self, cursors: Mapping[str, str | None]) -> list[str]:
+        """Start the listed targets of ``cursors`` (this replica now holds their leases) at the
+        committed cursor given; returns the keys started."""
+        started: list[str] = []
+        for rt in self.sources:
+            listed, states = self._listed[rt.name], self._targets[rt.name]
+            for key in cursors.keys() & listed.keys():
+                if key not in states and self._start(rt, key, listed[key], cursors[key]):
+                    started.append(key)
+            self._count_active(rt.name)
+        return started
+
+    async def relinquish(self, keys: Iterable[str]) -> None:
+        """Stop polling ``keys`` now (their leases go, or went, to another replica) and forget them."""
+        wanted = set(keys)
+        stopping: list[asyncio.Task[None]] = []
+        for rt in self.sources:
+            states = self._targets[rt.name]
+            for key in wanted & states.keys():
+                state = states.pop(key)
+                self._lag(rt.name, key, None, None, remove=True)
+                if state.task is not None and state.task is not asyncio.current_task():
+                    state.task.cancel()
+                    stopping.append(state.task)
+            self._count_active(rt.name)
+        await asyncio.gather(*stopping, return_exceptions=True)
 
     def _log_targets(self, source: str, listed: int, added: list[str], dropped: list[str]) -> None:
         """A count per refresh at info (1,000 new jobs are one line); each target at debug."""
@@ -226,12 +292,14 @@ class Scheduler:
                 produced = False
                 started = loop.time()
                 try:
+                    self._check_lease(key)
                     if reader is None:
                         reader = self._open(rt, key, state)
                         if reader is None:
                             return  # failed for good: stays listed, visible and counted as failed
                     CALL.set(state.call_tag(key, started))
                     async for span in reader.poll(draining=draining):
+                        self._check_lease(key)  # never send what was read after the lease ran out
                         await self.sink.put(span)
                         if span.cursor is not None:
                             state.cursor = span.cursor
@@ -241,6 +309,9 @@ class Scheduler:
                     state.failures = 0
                 except asyncio.CancelledError:
                     raise
+                except LeaseLost:
+                    self._lease_lost(rt.name, key, state)
+                    return
                 except Exception as exc:
                     reader = None  # reopen at the last cursor handed to the pipeline
                     state.last_poll_at = loop.time()
@@ -280,6 +351,22 @@ class Scheduler:
                     self._finished[rt.name].add(key)
                     self._lag(rt.name, key, None, None, remove=True)
                 self._count_active(rt.name)
+
+    def _check_lease(self, key: str) -> None:
+        if self.ownership is not None and not self.ownership.owns(key):
+            raise LeaseLost(key)
+
+    def _lease_lost(self, source: str, key: str, state: TargetState) -> None:
+        """Forget a target whose lease is no longer ours; what was read and not sent is the new owner's."""
+        states = self._targets[source]
+        if states.get(key) is state:
+            del states[key]
+            self._lag(source, key, None, None, remove=True)
+        self.metrics.target_errors.labels(source, "LeaseLost").inc()
+        log.info(
+            "lease of target no longer held; stopped reading it (its owner reads on from the committed cursor)",
+            extra={"source": source, "target": key},
+        )
 
     def _open(self, rt: SourceRuntime, key: str, state: TargetState) -> Reader | None:
         """A reader at the target's cursor; None when the cursor is unreadable and policy says fail."""

@@ -154,6 +154,23 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.leases_held = Gauge(
+            PREFIX + "leases_held", "Target leases this replica holds (several replicas).", registry=r
+        )
+        self.replicas_alive = Gauge(
+            PREFIX + "replicas_alive", "Replicas with a recent heartbeat in the checkpoint store.", registry=r
+        )
+        self.lease_changes = Counter(
+            PREFIX + "lease_changes",
+            "Leases taken, handed off (released at a committed cursor) or lost (expired or moved on).",
+            ["change"],
+            registry=r,
+        )
+        self.commits_fenced = Counter(
+            PREFIX + "commits_fenced",
+            "Cursors not committed because this replica no longer held the target's lease (fencing).",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
     def _checkpoint_age(self) -> float:

@@ -126,6 +126,20 @@ def test_a_named_limit_sets_rate_and_burst_at_once() -> None:
     assert snap.throttled == 1
 
 
+def test_replicas_split_the_ceiling_and_every_named_limit() -> None:
+    """The gateway limits the credential: N replicas each spend 1/N of what one would."""
+    core = BudgetCore(20, 40, 0.0)
+    core.control.set_share(4, 0.0)
+    assert core.control.cap(0.0) == pytest.approx(5.0)
+    assert core.snapshot(0.0).rate <= 5.0
+    permit = admit_one(core, 0.0)
+    assert core.observe(permit, 0.0, 429, "APIG.0308", "The request is over ratelimit,limit:120,time:1 minute")
+    named = 0.98 * (120 - 12 + 1) / 60
+    assert core.snapshot(0.0).rate == pytest.approx(named / 4)
+    core.control.set_share(1, 0.0)  # the others left: the whole limit is ours again, probed up to
+    assert core.control.cap(0.0) == pytest.approx(named)
+
+
 def test_a_named_limit_expires_and_the_rate_probes_up_additively() -> None:
     core = BudgetCore(20, 40, 0.0, Tuning(limit_ttl=100.0))
     gateway = Gateway(per_second=8)

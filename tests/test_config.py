@@ -200,6 +200,10 @@ EXPECTED = {
         " and a host"
     ],
     "invalid_checkpoint_is_a_directory.yaml": ["checkpoint.path: '{tmp}' is a directory: point it at a file inside it"],
+    "invalid_replica_lease.yaml": [
+        "checkpoint.lease_ttl: input should be greater than or equal to 1",
+        "checkpoint.member_id: string should have at least 1 character",
+    ],
     "invalid_missing_ca_file.yaml": [
         "modelarts.ca_file: cannot read '/nonexistent/modelarts-ca.pem' (No such file or directory)",
         "exporter.tls.ca_file (or OTEL_EXPORTER_OTLP_CERTIFICATE): cannot read '/nonexistent/collector-ca.pem'"

@@ -94,6 +94,7 @@ class Replay:
         self.prefix = 0  # spans before this index are fully settled and opened
         self.offers: list[Offer] = []
         self.steps: list[tuple[dict[str, str], dict[str, str]]] = []  # (offered, the oracle's offer)
+        self.holding: list[tuple[set[str], set[str]]] = []  # (keys the ledger holds, the oracle's)
         for leaf, early in zip(scenario.leaves, scenario.early_opens, strict=True):
             parts, rejected = leaf
             self.open_until(max(i for i, _, _ in parts) + 1 + early)
@@ -115,6 +116,8 @@ class Replay:
             self.prefix += 1
         expected = {s.key: s.cursor for s in self.spans[old : self.prefix] if s.cursor is not None}
         self.steps.append((offered, expected))
+        unoffered = {s.key for s in self.spans[self.prefix : len(self.ids)]}
+        self.holding.append(({key for key in "abc" if self.ledger.holds(key)}, unoffered))
         by_cursor = {s.cursor: i for i, s in enumerate(self.spans) if s.cursor is not None}
         for key, cursor in offered.items():
             index = by_cursor[cursor]
@@ -155,6 +158,15 @@ def test_nothing_is_offered_needlessly(scenario: Scenario) -> None:
     replay = Replay(scenario)
     for offered, expected in replay.steps:
         assert offered == expected
+
+
+@given(scenarios())
+def test_a_key_is_held_exactly_while_a_span_of_it_is_not_offered(scenario: Scenario) -> None:
+    """What a lease handoff waits on: ``holds(key)`` until the key's last opened span is offered."""
+    replay = Replay(scenario)
+    for held, oracle in replay.holding:
+        assert held == oracle
+    assert not any(replay.ledger.holds(key) for key in "abc")
 
 
 @given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 6)), min_size=1, max_size=8))

@@ -19,6 +19,7 @@ from modelarts_helpers import modelarts_context
 
 from collector_plugin.auth import AkSkAuth
 from collector_plugin.backoff import Backoff
+from collector_plugin.errors import CheckpointError, StoreUnavailable
 from collector_plugin.journal import MAX_RANGES, MemoryJournal, ReadJournal
 from collector_plugin.records import Record
 from collector_plugin.simulator import Scenario, Simulator
@@ -133,3 +134,24 @@ def test_journal_is_bounded_and_pruned_below_the_committed_cursor() -> None:
     assert len(backend.ranges["log"]) <= MAX_RANGES
     ReadJournal(backend).open("log", resume=MAX_RANGES)
     assert all(end > MAX_RANGES for _, end, _ in backend.ranges["log"])
+
+
+def test_an_unreachable_store_fails_the_read_instead_of_stamping_from_memory() -> None:
+    """With several replicas another one may read the log again meanwhile: nothing goes out with a
+    time the journal does not hold. A full disk (any other store error) still degrades."""
+
+    class Down(MemoryJournal):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def add_read_time(self, key: str, start: int, end: int, time_ns: int) -> None:
+            raise self.error
+
+    times = ReadJournal(Down(StoreUnavailable("checkpoint store PostgreSQL (host=db) is unavailable"))).open("k")
+    with pytest.raises(StoreUnavailable):
+        times.stamp(0, 10, 1_000)
+    assert times.end == 0  # nothing remembered: the read is retried and stamped then
+    full = ReadJournal(Down(CheckpointError("disk full"))).open("k")
+    full.stamp(0, 10, 1_000)
+    assert full.at(5, 0) == 1_000

@@ -41,6 +41,7 @@ class AckLedger:
         self._open: dict[int, _OpenSpan] = {}
         self._queue: deque[_OpenSpan] = deque()
         self._next_id = 0
+        self._per_key: dict[str, int] = {}  # spans in the queue, by key: a handoff waits for 0
 
     def open(self, key: str, cursor: str | None, nrecords: int) -> int:
         """Add a span (``cursor`` None: it moves no cursor) and return its id for :meth:`ack`."""
@@ -52,6 +53,7 @@ class AckLedger:
         if nrecords:
             self._open[span_id] = span
         self._queue.append(span)
+        self._per_key[key] = self._per_key.get(key, 0) + 1
         return span_id
 
     def ack(self, parts: Iterable[Part]) -> dict[str, str]:
@@ -71,9 +73,18 @@ class AckLedger:
         queue = self._queue
         while queue and queue[0].unsettled == 0:
             span = queue.popleft()
+            left = self._per_key[span.key] - 1
+            if left:
+                self._per_key[span.key] = left
+            else:
+                del self._per_key[span.key]
             if span.cursor is not None:
                 cursors[span.key] = span.cursor
         return cursors
+
+    def holds(self, key: str) -> bool:
+        """Whether a span of ``key`` has not had its cursor offered yet."""
+        return key in self._per_key
 
     def __len__(self) -> int:
         """Spans whose cursor was not offered yet."""

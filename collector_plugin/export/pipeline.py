@@ -63,6 +63,7 @@ class Pipeline:
         scope_version: str = "",
         scope_name: str = SCOPE_NAME,
         queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
+        commit_in_thread: bool = False,
     ) -> None:
         self._transport = transport
         self._store = store
@@ -86,6 +87,9 @@ class Pipeline:
         self._flushing = 0
         self._closing = False
         self._uncommitted: dict[str, str] = {}
+        self._in_commit: dict[str, str] = {}
+        self._committing = asyncio.Lock()
+        self._commit_in_thread = commit_in_thread
         self._failing: set[int] = set()  # batches whose last attempt failed (retryable)
         self._order = asyncio.Condition()
 
@@ -173,7 +177,7 @@ class Pipeline:
         return done
 
     def _is_settled(self) -> bool:
-        return self._held == 0 and not self._ledger and not self._uncommitted
+        return self._held == 0 and not self._ledger and not self._uncommitted and not self._in_commit
 
     @property
     def queued_records(self) -> int:
@@ -329,21 +333,39 @@ class Pipeline:
             self._space.notify_all()
 
     async def _commit(self, cursors: Mapping[str, str]) -> None:
-        """Commit ``cursors`` with any whose earlier commit failed (the store retries them)."""
+        """Commit ``cursors`` with any whose earlier commit failed (the store retries them).
+
+        One commit at a time, in order: with ``commit_in_thread`` (a networked store) the event
+        loop keeps serving reads and acknowledgements while the database answers, or times out.
+        """
         self._uncommitted.update(cursors)
-        if self._uncommitted:
+        async with self._committing:
+            pending, self._uncommitted = self._uncommitted, {}
+            self._in_commit = pending
             try:
-                self._store.commit(self._uncommitted)
+                if pending:
+                    if self._commit_in_thread:
+                        await asyncio.to_thread(self._store.commit, pending)
+                    else:
+                        self._store.commit(pending)
             except ReceiverError as exc:
+                pending.update(self._uncommitted)  # newer cursors of the same keys win
+                self._uncommitted = pending
                 self.last_error = str(exc)
                 log.error("checkpoint commit failed, will retry with the next batch: %s", exc)
             else:
-                self._uncommitted = {}
-                self._metrics.checkpoint_commits.inc()
-                self._metrics.checkpoint_last_commit.set(time.time())
+                if pending:
+                    self._metrics.checkpoint_commits.inc()
+                    self._metrics.checkpoint_last_commit.set(time.time())
+            finally:
+                self._in_commit = {}
         if self._is_settled():
             async with self._settled:
                 self._settled.notify_all()
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` has records or a cursor here not yet committed (a handoff waits for False)."""
+        return self._ledger.holds(key) or key in self._uncommitted or key in self._in_commit
 
 
 def build_pipeline(
@@ -353,6 +375,7 @@ def build_pipeline(
     environ: Mapping[str, str],
     scope_version: str = "",
     transport: Transport | None = None,
+    commit_in_thread: bool = False,
 ) -> Pipeline:
     """A :class:`Pipeline` wired from the ``exporter`` config (and ``OTEL_EXPORTER_OTLP_*``).
 
@@ -369,4 +392,5 @@ def build_pipeline(
         retry_max=float(cfg.retry_max_backoff),
         metrics=metrics,
         scope_version=scope_version,
+        commit_in_thread=commit_in_thread,
     )
