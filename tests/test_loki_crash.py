@@ -136,14 +136,18 @@ def test_sigkill_while_loki_holds_acknowledgements_leaves_every_entry_once(tmp_p
             try:
                 running = (updates[-1].update_time, "RUNNING")
                 # Only this run can see the current update RUNNING: it must be stored first.
-                sink.wait_for(lambda s, want=running: states(s.view)[want] > 0 or proc.poll() is not None, "RUNNING")
+                sink.wait_for(
+                    lambda s, want=running, p=proc: states(s.view)[want] > 0 or p.poll() is not None, "RUNNING"
+                )
                 alive(proc, log)
                 # Then hold the answer of a later request (0-2 more are acknowledged first), give
                 # the run something to send, and kill it once a request is stored, unanswered.
                 sink.hold(after=rng.randint(0, 2))
                 task.append(lines(written, 800))
                 written += 800
-                sink.wait_for(lambda s: s.held > 0 or proc.poll() is not None, f"a held request before kill {kill}")
+                sink.wait_for(
+                    lambda s, p=proc: s.held > 0 or p.poll() is not None, f"a held request before kill {kill}"
+                )
                 alive(proc, log)
             finally:
                 os.kill(proc.pid, signal.SIGKILL)
