@@ -1,7 +1,9 @@
-"""End to end: simulator -> receiver -> a real OTLP collector (rotel), over gRPC and HTTP.
+"""End to end: simulator -> receiver -> a real OTLP collector (rotel), over gRPC and HTTP; and into Loki.
 
 What the collector received is checked record by record against what the simulator served; the
-collector is taken down mid-run and brought back, and nothing is lost.
+collector is taken down mid-run and brought back, and nothing is lost. The same run into the Loki
+stand-in (tests/loki_sink.py) checks what a user sees: each log one stream, every line once, no
+piece of a long line over Loki's 256,000 bytes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from collector_plugin.receiver import build_receiver
 from collector_plugin.simulator import Scenario, Simulator, Update
 
 try:
+    from loki_sink import MAX_LINE_BYTES, LokiSink, streams_by
     from rotel_harness import RotelCollector
 except ImportError:  # pragma: no cover
+    from tests.loki_sink import MAX_LINE_BYTES, LokiSink, streams_by
     from tests.rotel_harness import RotelCollector
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +182,55 @@ async def test_everything_served_arrives_once_in_order(tmp_path: Path, protocol:
     assert (error_event["severity_number"], error_event["severity_text"]) == (17, "Error")
     assert error_event["attributes"]["modelarts.event.source"] == "Task"
     assert kinds["updates"][0]["resource"]["service.name"] == "modelarts-inference"
+
+
+async def test_through_loki_each_log_is_one_stream_and_nothing_is_over_the_limit(tmp_path: Path) -> None:
+    sc, expected, update = scenario()
+    task = sc.job(JOB).task("worker-0")
+    long_line = "长" * 200_000  # 600,000 UTF-8 bytes: split into pieces Loki takes
+    task.append(f"{long_line}\nafter the long line\n".encode())
+    want_task = [*expected["task"], long_line, "after the long line"]
+    with LokiSink() as sink, Simulator(sc) as sim:
+        config = parse_config(
+            receiver_config(sim, tmp_path, "http/protobuf", sink.endpoint), load_sources(), environ={}
+        )
+        receiver = build_receiver(config, load_sources(), environ={}, telemetry=False, jitter=False)
+        stop = asyncio.Event()
+        run = asyncio.create_task(receiver.run(stop))
+
+        def running_seen(s: LokiSink) -> bool:
+            return any(
+                e.meta("modelarts_service_update_result") == "RUNNING"
+                for e in streams_by(s.view, "service_instance_id").get(SERVICE, [])
+            )
+
+        await asyncio.to_thread(sink.wait_for, running_seen, "the update's RUNNING state")
+        update.finish("SUCCESS")
+        want = len(want_task) + 2 + len(expected["v1"]) + len(expected["events"]) + expected["updates"]  # +2: pieces
+        await asyncio.to_thread(
+            sink.wait_for, lambda s: s.view.entry_count + len(s.view.rejected) >= want, "every entry"
+        )
+        stop.set()
+        assert await asyncio.wait_for(run, 30) is True
+        view = sink.view
+    instances = streams_by(view, "service_instance_id")
+    assert set(instances) == {f"{JOB}/worker-0", "10/11/log1.log", f"{JOB}/events", SERVICE}
+    assert {dict(labels)["service_name"] for labels in view.streams} == {"modelarts-training", "modelarts-inference"}
+    assert view.rejected == [] and view.deduplicated == 0
+    assert all(len(e.line.encode()) <= MAX_LINE_BYTES for entries in view.streams.values() for e in entries)
+    task_entries = sorted(instances[f"{JOB}/worker-0"], key=lambda e: int(e.meta("modelarts_log_offset") or -1))
+    joined: list[str] = []
+    for e in task_entries:  # the pieces of a split line come back together in offset order
+        if e.meta("modelarts_log_continued") == "true":
+            joined[-1] += e.line
+        else:
+            joined.append(e.line)
+    assert joined == want_task
+    assert sum(e.meta("modelarts_log_continued") == "true" for e in task_entries) == 2
+    assert [
+        e.line for e in sorted(instances["10/11/log1.log"], key=lambda e: int(e.meta("modelarts_log_offset") or -1))
+    ] == expected["v1"]
+    assert sorted(e.line for e in instances[f"{JOB}/events"]) == sorted(expected["events"])
+    assert sorted(e.meta("modelarts_service_update_result") or "" for e in instances[SERVICE]) == ["RUNNING", "SUCCESS"]
+    stamps = [e.timestamp_ns for e in task_entries]
+    assert stamps == sorted(stamps)
