@@ -41,6 +41,7 @@ CREDENTIAL_ENV = (
     "HUAWEICLOUD_SDK_PROJECT_ID",
 )
 FAKE_EXISTING_SECRET = "fake-value-from-existing-secret"
+FAKE_DATABASE_URL = "postgresql://receiver:fake-password@postgres.example:5432/receiver"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ class Rendered:
                 continue
             data = secrets.get(ref["name"])
             if data is None:  # an existing Secret: its content is not ours to see
-                env[var["name"]] = FAKE_EXISTING_SECRET
+                env[var["name"]] = FAKE_DATABASE_URL if var["name"] == "MODELARTS_CHECKPOINT_URL" else FAKE_EXISTING_SECRET
             elif ref["key"] in data:
                 env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
             else:
@@ -118,6 +119,7 @@ def test_the_ci_values_cover_the_documented_setups() -> None:
         "bundled-collector-values.yaml",
         "existing-secret-values.yaml",
         "emptydir-values.yaml",
+        "replicas-values.yaml",
     } <= names
 
 
@@ -231,7 +233,7 @@ def test_config_and_checkpoint_volumes(rendered: Rendered) -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     data = volumes[mounts[DATA_MOUNT]["name"]]
     persistence = rendered.merged["persistence"]
-    if persistence["type"] == "emptyDir":
+    if persistence["type"] == "emptyDir" or rendered.merged["checkpointDatabase"]["urlSecret"]["name"]:
         assert data["emptyDir"]["sizeLimit"] == persistence["emptyDirSizeLimit"]
         assert rendered.all("PersistentVolumeClaim") == []
     elif persistence["existingClaim"]:
@@ -355,7 +357,8 @@ def _with(changes: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"replicaCount": 2}, "/replicaCount"),
+        ({"replicaCount": 2}, "/checkpointDatabase"),
+        ({"replicaCount": 2, "checkpointDatabase": {"urlSecret": {"name": ""}}}, "/checkpointDatabase/urlSecret/name"),
         ({"persistence": {"type": "hostPath"}}, "/persistence/type"),
         ({"persistence": {"size": "lots"}}, "/persistence/size"),
         ({"credentials": {"ak": "", "sk": ""}}, "/credentials/ak"),
@@ -465,3 +468,29 @@ def test_the_readme_values_table_covers_every_value() -> None:
     documented = set(re.findall(r"^\|\s*`([^`]+)`\s*\|", readme, re.MULTILINE))
     missing = [path for path in _leaf_paths(defaults) if path not in documented]
     assert not missing, f"helm/modelarts-otel-receiver/README.md lacks rows for {missing}"
+
+
+def test_several_replicas_share_postgresql_with_a_budget_and_spread(chart: helm_python.Chart) -> None:
+    """replicaCount > 1: the URL only through a secretKeyRef, no PVC, a PDB, spread over nodes."""
+    r = Rendered(chart, ci_values(CHART_DIR / "ci" / "replicas-values.yaml"))
+    deployment = r.one("Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    env = {var["name"]: var for var in r.container("receiver")["env"]}
+    assert env["MODELARTS_CHECKPOINT_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "modelarts-receiver-postgres",
+        "key": "url",
+    }
+    config = yaml.safe_load(r.receiver_config_text)
+    assert config["checkpoint"] == {"url": "${env:MODELARTS_CHECKPOINT_URL}"}
+    assert "postgresql://" not in "".join(r.files.values())  # never in a ConfigMap or anywhere rendered
+    assert r.all("PersistentVolumeClaim") == []
+    assert "emptyDir" in next(v for v in r.pod["volumes"] if v["name"] == "data")
+    pdb = r.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    (spread,) = r.pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == selector
+    single = Rendered(chart, ci_values(BASE))
+    assert single.all("PodDisruptionBudget") == [] and "topologySpreadConstraints" not in single.pod

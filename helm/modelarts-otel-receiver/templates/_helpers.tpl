@@ -65,7 +65,9 @@ defaults to it (plain gRPC on localhost).
 {{- $_ := set $telemetry "listen" (printf "0.0.0.0:%d" (int .Values.telemetry.port)) }}
 {{- $_ = set $cfg "telemetry" $telemetry }}
 {{- $checkpoint := (get $cfg "checkpoint") | default dict }}
-{{- if not (get $checkpoint "path") }}
+{{- if .Values.checkpointDatabase.urlSecret.name }}
+{{- $_ = set $checkpoint "url" "${env:MODELARTS_CHECKPOINT_URL}" }}
+{{- else if not (get $checkpoint "path") }}
 {{- $_ = set $checkpoint "path" "/var/lib/modelarts-receiver/checkpoints.db" }}
 {{- end }}
 {{- $_ = set $cfg "checkpoint" $checkpoint }}
