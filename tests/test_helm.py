@@ -99,7 +99,9 @@ class Rendered:
                 continue
             data = secrets.get(ref["name"])
             if data is None:  # an existing Secret: its content is not ours to see
-                env[var["name"]] = FAKE_DATABASE_URL if var["name"] == "MODELARTS_CHECKPOINT_URL" else FAKE_EXISTING_SECRET
+                env[var["name"]] = (
+                    FAKE_DATABASE_URL if var["name"] == "MODELARTS_CHECKPOINT_URL" else FAKE_EXISTING_SECRET
+                )
             elif ref["key"] in data:
                 env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
             else:
