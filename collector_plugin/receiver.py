@@ -21,7 +21,7 @@ from collector_plugin.http import ApiClient, HttpClients
 from collector_plugin.journal import ReadJournal
 from collector_plugin.logs import register_secret
 from collector_plugin.plugins import RegisteredSource
-from collector_plugin.replicas import Coordinator, FencedCursors, default_member_id
+from collector_plugin.replicas import Coordinator, FencedCursors, Listings, default_member_id
 from collector_plugin.scheduler import Scheduler, SourceRuntime
 from collector_plugin.settings import Settings, resolve
 from collector_plugin.source import Connection, SourceContext
@@ -256,7 +256,15 @@ def build_receiver(
     cursors: CursorStore = store
     if config.checkpoint.url:  # several replicas: fenced leases decide who reads and commits what
         member = config.checkpoint.member_id or default_member_id()
-        coordinator = Coordinator(store.leases, store, member, float(config.checkpoint.lease_ttl), metrics, budget=http)
+        coordinator = Coordinator(
+            store.leases,
+            store,
+            member,
+            float(config.checkpoint.lease_ttl),
+            metrics,
+            budget=http,
+            listings=store if isinstance(store, Listings) else None,
+        )
         cursors = FencedCursors(store, coordinator, metrics)
     pipeline = build_pipeline(
         config.exporter,

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import importlib
+import json
 import logging
 import math
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from collector_plugin.errors import CheckpointError
 from collector_plugin.store.base import CursorStore, LeaseStore
@@ -69,6 +72,58 @@ class BudgetShare(Protocol):
     def share(self, replicas: int) -> None: ...
 
 
+@runtime_checkable
+class Listings(Protocol):
+    """Where the group's discovery results live (the PostgreSQL store's ``listings`` table)."""
+
+    def publish_listing(self, source: str, targets: str) -> None: ...
+
+    def listing(self, source: str) -> tuple[str, float] | None: ...
+
+
+class Listable(Protocol):
+    async def targets(self) -> Sequence[Any]: ...
+
+
+STALE_LISTING = 3.0
+"""Refresh intervals (plus a TTL) after which a follower stops waiting for the leader's listing
+and lists by itself: a paused leader must not leave the group blind to new jobs."""
+
+
+def encode_targets(targets: Sequence[Any]) -> str | None:
+    """Targets as JSON (class and fields), or None when one is not a plain dataclass."""
+    out = []
+    for target in targets:
+        if not dataclasses.is_dataclass(target) or isinstance(target, type):
+            return None
+        cls = type(target)
+        out.append({"type": f"{cls.__module__}:{cls.__qualname__}", "fields": dataclasses.asdict(target)})
+    try:
+        return json.dumps(out)
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_targets(text: str, source: object) -> list[Any] | None:
+    """The targets :func:`encode_targets` wrote, rebuilt only from classes of ``source``'s own
+    package (a row never makes us import anything else); None when anything does not fit."""
+    package = type(source).__module__.rsplit(".", 1)[0]
+    try:
+        out = []
+        for item in json.loads(text):
+            module, _, name = str(item["type"]).partition(":")
+            if not (module == package or module.startswith(package + ".")) or "." in name:
+                return None
+            cls = getattr(importlib.import_module(module), name)
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                return None
+            factory: Callable[..., Any] = cls
+            out.append(factory(**item["fields"]))
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError):
+        return None
+
+
 def default_member_id() -> str:
     """Host (the pod name in Kubernetes), process id and a random suffix: unique per process."""
     host = os.environ.get("HOSTNAME") or socket.gethostname() or "replica"
@@ -87,8 +142,10 @@ class Coordinator:
         metrics: Metrics,
         *,
         budget: BudgetShare | None = None,
+        listings: Listings | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        self._listings = listings
         self.leases = leases
         self.member = member
         self.ttl = float(ttl)
@@ -122,6 +179,31 @@ class Coordinator:
         if self._listed.get(source) != new:
             self._listed[source] = new
             self._kick.set()
+
+    @property
+    def leader(self) -> bool:
+        """The first live member (by name) runs discovery for the group; before the first round, everyone."""
+        return not self.members or self.members[0] == self.member
+
+    async def list_targets(self, name: str, source: Listable, refresh: float) -> list[Any]:
+        """Discovery once for the group: the leader lists and publishes, the others read its
+        listing (no API calls); a follower lists by itself when the listing is missing or stale."""
+        if self._listings is None or self.leader or not self.available:
+            targets = list(await source.targets())
+            encoded = encode_targets(targets) if self._listings is not None and self.leader else None
+            if encoded is not None and self._listings is not None:
+                with contextlib.suppress(CheckpointError):  # followers list by themselves meanwhile
+                    await self._call(self._listings.publish_listing, name, encoded)
+            return targets
+        try:
+            found = await self._call(self._listings.listing, name)
+        except CheckpointError:
+            found = None
+        if found is not None and found[1] <= STALE_LISTING * refresh + self.ttl:
+            decoded = decode_targets(found[0], source)
+            if decoded is not None:
+                return decoded
+        return list(await source.targets())
 
     def owns(self, key: str) -> bool:
         return key in self.tokens and key not in self._handing_off and self._now() < self._valid_until

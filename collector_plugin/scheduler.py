@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,10 @@ class Ownership(Protocol):
 
     def owns(self, key: str) -> bool:
         """Whether this replica holds ``key``'s lease now: checked before each poll and each span."""
+        ...
+
+    async def list_targets(self, name: str, source: Source, refresh: float) -> Sequence[Target]:
+        """``source``'s targets: listed here, or read from the group's listing (discovery once)."""
         ...
 
 
@@ -154,7 +158,10 @@ class Scheduler:
         while not self._stop.is_set():
             self._log_first_data(rt.name)
             try:
-                targets = await rt.source.targets()
+                if self.ownership is not None:
+                    targets = await self.ownership.list_targets(rt.name, rt.source, rt.refresh_interval)
+                else:
+                    targets = await rt.source.targets()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

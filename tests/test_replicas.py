@@ -27,7 +27,9 @@ import yaml
 
 from collector_plugin.simulator import Scenario, Simulator
 from collector_plugin.simulator.scenario import TrainingJob
+from collector_plugin.sources.modelarts.endpoints import JOB_SEARCH
 from collector_plugin.store.postgres import PostgresStore
+from collector_plugin.telemetry import PREFIX
 
 try:
     from otlp_sink import OtlpSink, wait_until
@@ -108,6 +110,7 @@ class Group:
                     **fast,
                     "start_at": "beginning",
                     "jobs": [{"id": job.id, "tasks": [TASK]} for job in self.jobs],
+                    "discovery": {"enabled": True, "interval": "300ms"},  # finds the same jobs
                 },
                 "training_job_events": {**fast, "jobs": [{"id": job.id} for job in self.jobs]},
             },
@@ -233,6 +236,12 @@ class Group:
                 assert offset(new) >= offset(old), f"{key}: cursor moved back from {old} to {new}"
         return len(rows)
 
+    def searches(self, member: str) -> float:
+        """Job searches (discovery's API call) this replica made, from its own /metrics."""
+        text = httpx.get(f"http://127.0.0.1:{self.ports[member]}/metrics", timeout=5).text
+        wanted = f'{PREFIX}api_requests_total{{endpoint="{JOB_SEARCH}"'
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted))
+
     def ready(self, member: str) -> bool:
         try:
             return httpx.get(f"http://127.0.0.1:{self.ports[member]}/readyz", timeout=5).status_code == 200
@@ -271,6 +280,11 @@ def test_replicas_share_the_targets_and_survive_scaling_and_sigkill(tmp_path: Pa
             wait_until(lambda: g.shares_are({"r1", "r2", "r3"}), "a third replica taking its share")
             g.grow()
             wait_until(g.everything_arrived, "every line and event with three replicas")
+            # Discovery runs once for the group: the leader (first member by name) searches, the
+            # others read its listing from the database.
+            before = {m: g.searches(m) for m in ("r1", "r2", "r3")}
+            wait_until(lambda: g.searches("r1") >= before["r1"] + 5, "five searches by the leader")
+            assert [g.searches(m) - before[m] for m in ("r2", "r3")] == [0, 0]
             g.kill("r2")
             g.grow()
             killed_at = time.monotonic()
@@ -355,3 +369,26 @@ def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
         assert "checkpoint store unavailable" in g.log("p")
     finally:
         server.cleanup()
+
+
+def test_listings_rebuild_every_builtin_target_and_nothing_from_elsewhere() -> None:
+    """The group's listing: the leader's targets come back equal on a follower, and a row naming
+    a class outside the source's own package is refused, never imported."""
+    from collector_plugin.replicas import decode_targets, encode_targets
+    from collector_plugin.sources.modelarts.events.source import EventsSource, JobTarget
+    from collector_plugin.sources.modelarts.job_logs_v1 import V1LogTarget
+    from collector_plugin.sources.modelarts.service_updates import ServiceTarget
+    from collector_plugin.sources.modelarts.task_logs import TaskLogsSource, TaskLogTarget
+
+    tasks = [TaskLogTarget("j1", "worker-0", "bert", True), TaskLogTarget("j2", "worker-1", None, False)]
+    text = encode_targets(tasks)
+    assert text is not None
+    assert decode_targets(text, object.__new__(TaskLogsSource)) == tasks
+    events = [JobTarget("j1", "bert")]
+    assert decode_targets(encode_targets(events) or "", object.__new__(EventsSource)) == events
+    others = [V1LogTarget(10, 11, "log1.log"), ServiceTarget("s1", "svc")]
+    assert encode_targets(others) is not None
+    foreign = json.dumps([{"type": "collector_plugin.config:Config", "fields": {}}])
+    assert decode_targets(foreign, object.__new__(TaskLogsSource)) is None
+    assert decode_targets("not json", object.__new__(TaskLogsSource)) is None
+    assert encode_targets([object()]) is None  # not a dataclass: every replica lists by itself

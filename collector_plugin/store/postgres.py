@@ -41,6 +41,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS read_times ("
     " key text NOT NULL, start bigint NOT NULL, end_ bigint NOT NULL, time_ns bigint NOT NULL,"
     " PRIMARY KEY (key, start))",
+    "CREATE TABLE IF NOT EXISTS listings (source text PRIMARY KEY, targets text NOT NULL, listed_at timestamptz NOT NULL)",
 )
 
 _COMMIT_UNFENCED = """INSERT INTO cursors AS c (key, cursor) SELECT * FROM unnest(%(keys)s::text[], %(cursors)s::text[])
@@ -141,6 +142,26 @@ class PostgresStore:
 
     def prune_read_times(self, key: str, below: int) -> None:
         self._db.run(lambda c: c.execute("DELETE FROM read_times WHERE key = %s AND end_ <= %s", (key, below)))
+
+    def publish_listing(self, source: str, targets: str) -> None:
+        """Store what ``source`` lists now (its discovery ran once, for the whole group)."""
+        self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO listings (source, targets, listed_at) VALUES (%s, %s, now()) "
+                "ON CONFLICT (source) DO UPDATE SET targets = excluded.targets, listed_at = excluded.listed_at",
+                (source, targets),
+            )
+        )
+
+    def listing(self, source: str) -> tuple[str, float] | None:
+        """The last listing of ``source`` and its age in seconds (database clock); None if none yet."""
+        row = self._db.run(
+            lambda c: c.execute(
+                "SELECT targets, extract(epoch FROM now() - listed_at)::float8 FROM listings WHERE source = %s",
+                (source,),
+            ).fetchone()
+        )
+        return None if row is None else (str(row[0]), float(row[1]))
 
     def close(self) -> None:
         self._db.close()
