@@ -16,8 +16,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +28,10 @@ from collector_plugin.simulator import Scenario, Simulator
 from collector_plugin.simulator.server import EVENTS, OBS_OBJECT, PREVIEW, SERVICE_LOGS, V1_LOG
 
 try:
+    from receiver_process import line_offsets, start_receiver, wait_until
     from rotel_harness import RotelCollector
 except ImportError:  # pragma: no cover
+    from tests.receiver_process import line_offsets, start_receiver, wait_until
     from tests.rotel_harness import RotelCollector
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,6 @@ V1_JOB = 4242
 QUEUE = 2000
 BATCH = 250
 IN_FLIGHT = 2
-GUARD = 60.0  # seconds: only against a hang, never expected to be reached
 
 
 def lines(start: int, n: int) -> bytes:
@@ -83,24 +82,6 @@ def write_config(path: Path, sim: Simulator, collector: RotelCollector, *, all_s
         "shutdown": {"grace_period": "10s"},
     }
     path.write_text(yaml.safe_dump(config))
-
-
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "collector_plugin.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = GUARD) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def kill_after_random_progress(
@@ -157,14 +138,6 @@ def classify(received: list[dict[str, Any]]) -> dict[str, dict[Any, set[tuple[st
     return by_kind
 
 
-def line_offsets(data: bytes) -> dict[int, str]:
-    out, pos = {}, 0
-    for line in data.split(b"\n")[:-1]:
-        out[pos] = line.decode()
-        pos += len(line) + 1
-    return out
-
-
 def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261201)
     scenario = Scenario()
@@ -187,7 +160,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
             log = tmp_path / "receiver.log"
             for kill in range(kills):
                 current = (updates[-1].update_time, "RUNNING")
-                proc = start(config, log)
+                proc = start_receiver(config, log)
                 # Only this run can see the current update RUNNING: kill once it is delivered.
                 wait_until(delivered(collector, current, proc), f"the RUNNING state of update {kill}")
                 assert proc.poll() is None, log.read_text()[-3000:]
@@ -202,7 +175,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
                     events += 1
                 updates[-1].finish("SUCCESS" if kill % 2 == 0 else "FAIL")
                 updates.append(service.start_update(time_ms=base_ms + (kill + 1) * 60_000))
-            proc = start(config, log)
+            proc = start_receiver(config, log)
             v1_lines = line_offsets(v1.file("train.log").data)
             task_lines = line_offsets(task.data)
             states = {(u.update_time, u.result) for u in updates[:-1]} | {(u.update_time, "RUNNING") for u in updates}
@@ -222,7 +195,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
             # Everything was committed on SIGTERM: a restart re-sends nothing, though every source
             # polls (each endpoint answered twice: the first answer was handled in full).
             sim.reset_requests()
-            proc = start(config, log)
+            proc = start_receiver(config, log)
             wait_until(
                 lambda: (
                     all(sim.count(e) >= 2 for e in (V1_LOG, EVENTS, SERVICE_LOGS))

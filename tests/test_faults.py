@@ -37,9 +37,11 @@ from collector_plugin.simulator.server import OBS_OBJECT, PREVIEW
 from collector_plugin.testing import MemoryTransport
 
 try:
+    from receiver_process import start_receiver, wait_until
     from rotel_harness import RotelCollector
     from telemetry_helpers import parse_metrics, total
 except ImportError:  # pragma: no cover
+    from tests.receiver_process import start_receiver, wait_until
     from tests.rotel_harness import RotelCollector
     from tests.telemetry_helpers import parse_metrics, total
 
@@ -386,14 +388,6 @@ def distinct_offsets(collector: RotelCollector) -> set[int]:
     return {r["attributes"]["modelarts.log.offset"] for r in collector.records()}
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def reads(sim: Simulator) -> int:
     """Task log reads so far: previews and OBS downloads."""
     return sim.count(PREVIEW) + sim.count(OBS_OBJECT)
@@ -491,12 +485,12 @@ def test_sigkill_many_times_loses_nothing(tmp_path: Path) -> None:
             log = tmp_path / "receiver.log"
             for _ in range(12):
                 before = sim.count()
-                proc = crash.start(config, log)
+                proc = start_receiver(config, log)
                 # After 1..30 API calls of this run: the first ones come before any commit.
                 crash.kill_after_random_progress(proc, sim, rng, most=30, least=1, since=before)
                 task.append(crash.lines(written, 400))
                 written += 400
-            proc = crash.start(config, log)
+            proc = start_receiver(config, log)
             wanted = {offset for offset, _ in served_lines(task)}
             wait_until(lambda: wanted <= distinct_offsets(collector), "every line after the last kill")
             crash.stop_cleanly(proc, log)

@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from loki_sink import Entry, LokiSink, LokiView, streams_by
+from receiver_process import line_offsets, start_receiver
 
 from collector_plugin.simulator import Scenario, Simulator
 
@@ -77,24 +77,6 @@ def write_config(path: Path, sim: Simulator, sink: LokiSink) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "collector_plugin.cli", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def line_offsets(data: bytes) -> dict[int, str]:
-    out, pos = {}, 0
-    for line in data.split(b"\n")[:-1]:
-        out[pos] = line.decode()
-        pos += len(line) + 1
-    return out
-
-
 def stream(view: LokiView, instance: str) -> list[Entry]:
     return streams_by(view, "service_instance_id").get(instance, [])
 
@@ -132,7 +114,7 @@ def test_sigkill_while_loki_holds_acknowledgements_leaves_every_entry_once(tmp_p
         config = tmp_path / "config.yaml"
         write_config(config, sim, sink)
         for kill in range(KILLS):
-            proc = start(config, log)
+            proc = start_receiver(config, log)
             try:
                 running = (updates[-1].update_time, "RUNNING")
                 # Only this run can see the current update RUNNING: it must be stored first.
@@ -173,7 +155,7 @@ def test_sigkill_while_loki_holds_acknowledgements_leaves_every_entry_once(tmp_p
                 and want_states <= set(states(view))
             )
 
-        proc = start(config, log)
+        proc = start_receiver(config, log)
         try:
             sink.wait_for(lambda s: everything_in_loki(s) or proc.poll() is not None, "everything in Loki", GUARD)
             alive(proc, log)

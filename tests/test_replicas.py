@@ -13,10 +13,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,22 @@ from collector_plugin.store.postgres import PostgresStore
 from collector_plugin.telemetry import PREFIX
 
 try:
-    from otlp_sink import OtlpSink, wait_until
+    import receiver_process
+    from otlp_sink import OtlpSink
     from pg_harness import PostgresServer
+    from receiver_process import line_offsets, start_receiver
     from rotel_harness import free_port
 except ImportError:  # pragma: no cover
-    from tests.otlp_sink import OtlpSink, wait_until
+    from tests import receiver_process
+    from tests.otlp_sink import OtlpSink
     from tests.pg_harness import PostgresServer
+    from tests.receiver_process import line_offsets, start_receiver
     from tests.rotel_harness import free_port
 
 pytestmark = pytest.mark.e2e
 
 TTL = 2.0  # seconds: short, so a takeover happens within the test's patience
+GUARD = 90.0  # seconds: only against a hang; three replicas on a busy 2-core machine start slowly
 TASK = "worker-0"
 
 _HISTORY = """
@@ -57,14 +61,8 @@ CREATE TRIGGER cursor_history AFTER INSERT OR UPDATE ON cursors FOR EACH ROW EXE
 """
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    receiver_process.wait_until(predicate, what, GUARD)
 
 
 def prepare(server: PostgresServer) -> str:
@@ -129,14 +127,7 @@ class Group:
         return path
 
     def start(self, member: str) -> None:
-        config = self.config(member)
-        with open(self.tmp / f"{member}.log", "ab") as out:
-            self.procs[member] = subprocess.Popen(
-                [sys.executable, "-m", "collector_plugin.cli", "run", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.procs[member] = start_receiver(self.config(member), self.tmp / f"{member}.log")
 
     def signal(self, member: str, sig: signal.Signals) -> None:
         os.kill(self.procs[member].pid, sig)
@@ -199,10 +190,7 @@ class Group:
         offsets: set[tuple[str, int]] = set()
         events: set[tuple[str, str]] = set()
         for job in self.jobs:
-            pos = 0
-            for line in bytes(job.task(TASK).data).split(b"\n")[:-1]:
-                offsets.add((job.id, pos))
-                pos += len(line) + 1
+            offsets |= {(job.id, pos) for pos in line_offsets(job.task(TASK).data)}
             events |= {(job.id, event.message) for event in job.events}
         return offsets, events
 
@@ -264,10 +252,12 @@ def group(tmp: Path, sim_scenario: Scenario, sim: Simulator, sink: OtlpSink, url
     return g
 
 
-def test_replicas_share_the_targets_and_survive_scaling_and_sigkill(tmp_path: Path, pg: PostgresServer) -> None:
+def test_replicas_share_the_targets_and_survive_scaling_and_sigkill(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
     """2 → 3 replicas (rebalanced), SIGKILL one (its targets resume on the others), SIGTERM one
     (it hands off at its committed cursor): every line and event arrives, copies are identical."""
-    url = prepare(pg)
+    url = prepare(postgres_server)
     scenario = Scenario()
     with Simulator(scenario) as sim, OtlpSink() as sink:
         g = group(tmp_path, scenario, sim, sink, url, jobs=6)
@@ -306,10 +296,10 @@ def test_replicas_share_the_targets_and_survive_scaling_and_sigkill(tmp_path: Pa
         assert "Traceback" not in g.log(member)
 
 
-def test_a_paused_replica_is_fenced_and_sends_nothing_stale(tmp_path: Path, pg: PostgresServer) -> None:
+def test_a_paused_replica_is_fenced_and_sends_nothing_stale(tmp_path: Path, postgres_server: PostgresServer) -> None:
     """SIGSTOP a replica past its lease: the other takes over; on SIGCONT the paused one stops
     reading, no stale commit lands, and what it sends is byte-identical to what the owner sent."""
-    url = prepare(pg)
+    url = prepare(postgres_server)
     scenario = Scenario()
     with Simulator(scenario) as sim, OtlpSink() as sink:
         g = group(tmp_path, scenario, sim, sink, url, jobs=4)
