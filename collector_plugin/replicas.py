@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from collector_plugin.errors import CheckpointError
+from collector_plugin.scheduler import sleep_or_stop
 from collector_plugin.store.base import CursorStore, LeaseStore
 from collector_plugin.store.leases import balance, holdings
 from collector_plugin.telemetry import Metrics
@@ -233,7 +234,7 @@ class Coordinator:
                 self._kick.clear()
                 await self.round()
                 pause = self.ttl / 3 if self.available else min(1.0, self.ttl / 3)
-                await _wait_any(stop, self._kick, pause)
+                await sleep_or_stop(stop, pause, self._kick)
         finally:
             for task in self._handing_off.values():
                 task.cancel()
@@ -253,7 +254,7 @@ class Coordinator:
         self._valid_until = started + self.ttl * SAFETY
         lost = set(self.tokens) - set(renewed)
         self.tokens = renewed
-        await self._forget(lost - set(self._handing_off), "lost")
+        await self._forget(lost - set(self._handing_off))
         if not self.available:
             if self.last_error:
                 log.warning("checkpoint store reachable again; reading resumes", extra={"member": self.member})
@@ -358,11 +359,11 @@ class Coordinator:
     def _scheduler_running(self) -> bool:
         return self._scheduler is not None and bool(self._scheduler.running())
 
-    async def _forget(self, keys: set[str], change: str) -> None:
+    async def _forget(self, keys: set[str]) -> None:
         """Leases that moved on (expired and taken): stop reading those targets."""
         if not keys or self._scheduler is None:
             return
-        self._metrics.lease_changes.labels(change).inc(len(keys))
+        self._metrics.lease_changes.labels("lost").inc(len(keys))
         log.warning(
             "%d target leases were lost (expired or taken over); stopped reading them",
             len(keys),
@@ -425,14 +426,3 @@ class FencedCursors:
 
     def close(self) -> None:
         self._store.close()
-
-
-async def _wait_any(stop: asyncio.Event, kick: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(kick.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter

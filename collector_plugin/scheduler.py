@@ -169,7 +169,7 @@ class Scheduler:
                 log.warning("listing targets failed", extra={"source": rt.name, "error": str(exc)})
             else:
                 self._apply_targets(rt, targets)
-            await _sleep_or_stop(self._stop, rt.refresh_interval)
+            await sleep_or_stop(self._stop, rt.refresh_interval)
 
     def _apply_targets(self, rt: SourceRuntime, targets: Any) -> None:
         states = self._targets[rt.name]
@@ -290,7 +290,7 @@ class Scheduler:
             # every target is read within about a second of start when the budget allows, and
             # the budget, not the start order, decides who goes first when it does not.
             spread = min(base, 1.0, JITTER_PER_TARGET * len(self._targets[rt.name]))
-            await _sleep_or_stop(self._stop, random.uniform(0, spread), state.wake)
+            await sleep_or_stop(self._stop, random.uniform(0, spread), state.wake)
         reader: Reader | None = None
         loop = asyncio.get_running_loop()
         try:
@@ -325,13 +325,13 @@ class Scheduler:
                     if _throttled(exc):  # the API's flow control: wait our turn, it is not the target's fault
                         state.last_error = f"throttled: {exc}"
                         self.metrics.target_errors.labels(rt.name, "throttled").inc()
-                        await _sleep_or_stop(self._stop, base, state.wake)
+                        await sleep_or_stop(self._stop, base, state.wake)
                         continue
                     self._failed_poll(rt.name, key, state, exc)
                     if draining and state.failures >= 3:
                         break
                     interval = Backoff(initial=2 * base, maximum=ceiling).delay(state.failures)
-                    await _sleep_or_stop(self._stop, interval, state.wake)
+                    await sleep_or_stop(self._stop, interval, state.wake)
                     continue
                 state.polls += 1
                 self.polls_completed += 1
@@ -348,7 +348,7 @@ class Scheduler:
                     break
                 interval = base if produced or status.transitional else min(ceiling, interval * 1.5)
                 # A fixed rate: the poll's own duration counts toward the interval.
-                await _sleep_or_stop(self._stop, max(0.0, interval - (loop.time() - started)), state.wake)
+                await sleep_or_stop(self._stop, max(0.0, interval - (loop.time() - started)), state.wake)
                 state.wake.clear()
         finally:
             if not self._stop.is_set() or state.draining:
@@ -450,7 +450,7 @@ def _log_poll(source: str, key: str, state: TargetState, status: Any, seconds: f
     )
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
     """Sleep ``seconds`` unless ``stop`` (or ``wake``) is set first."""
     waiters = [asyncio.ensure_future(stop.wait())]
     if wake is not None:
