@@ -5,7 +5,10 @@ so its content covers bytes ``[full_size - current_size, full_size)``. New bytes
 it while the reader's position lies inside it; a reader further behind (first start with
 ``start_at: beginning``, a long outage) reads the gap from the log's temporary OBS link with one
 ranged request, streamed, yielding a span per :data:`OBS_CHUNK_BYTES`, so memory stays bounded and
-progress is committed as it goes.
+progress is committed as it goes. Once OBS answers, that read goes on to the log's end and the
+preview's bytes are let go: eight logs catching up at once would otherwise each hold 5 MB of
+preview while their gaps go out; what a lagging OBS object lacks comes from the next (immediate)
+preview.
 
 A reader that has caught up reads what is new with ``Range: bytes=position-`` on the (cached,
 renewed before it expires) link instead of the preview: only the new bytes travel instead of up
@@ -144,6 +147,16 @@ class TaskLogReader(ByteLogReader):
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
         self.begin_poll(draining=draining)
+        self.status.behind = False
+        if self.assembler is None and not draining and (self.resume is not None or self.config.start_at == "beginning"):
+            # Where reading starts is known without the preview: read from OBS first, so a
+            # catch-up never fetches (and holds) megabytes of preview it would not use.
+            if self.resume is not None:
+                self.resume_at_cursor(self.resume)
+            else:
+                self.start(0)
+                yield self.empty_span()
+            self._tail_via_obs = True
         if self.assembler is not None and not draining and self._tail_via_obs:
             tailed = False
             async for span in self._tail_from_obs():
@@ -153,29 +166,29 @@ class TaskLogReader(ByteLogReader):
                     yield span
             if tailed:
                 return
-        preview = await self._client.get_model(self._preview_path, PreviewResponse, endpoint=endpoints.TASK_LOG_PREVIEW)
-        size = preview.full_size
-        content = preview.content.encode("utf-8")
-        covered = preview.current_size if preview.current_size is not None else len(content)
-        # Content that does not re-encode to its own size held invalid UTF-8: not byte-exact.
-        exact = covered == len(content) and covered <= size
-        preview_start = size - covered if exact else size
+        size, content, preview_start = await self._preview()
         if self.assembler is None:
             if self.resume is not None:
                 self.resume_at_cursor(self.resume)
             else:
-                self.start(self.first_offset(size, content if exact else None))
+                self.start(self.first_offset(size, content))
                 yield self.empty_span()
-        if size < self.position or (exact and self.rewritten(content, preview_start)):
+        if size < self.position or self.rewritten(content, preview_start):
             yield self.restarted(size)
         if self.position < preview_start:
+            # Behind the preview: once OBS answers, stream the rest from it too rather than
+            # hold the preview's megabytes while the gap goes out span by span. What a lagging
+            # OBS object lacks past ``preview_start`` comes from the next poll's preview.
             before = self.position
-            async for span in self._read_obs(before, preview_start):
+            async for span in self._read_obs(before, size):
+                content = b""
                 yield span
             self._obs_misses = 0 if self.position > before else self._obs_misses + 1
             if self.position < preview_start and (draining or self._obs_misses >= MAX_OBS_MISSES):
                 yield self.gap(preview_start, "the OBS object does not hold these bytes")
                 self._obs_misses = 0
+            if not content:
+                self.status.behind = preview_start <= self.position < size  # the next preview holds the rest
         pos = self.position
         if preview_start <= pos < size:
             data = content[pos - preview_start :]
@@ -188,6 +201,17 @@ class TaskLogReader(ByteLogReader):
         self._tail_via_obs = self._obs_sizes_known and self.position >= size
         if (completed := self.complete_span(size, draining=draining)) is not None:
             yield completed
+
+    async def _preview(self) -> tuple[int, bytes, int]:
+        """(log size, the preview's bytes, where they start in the log); a preview that is not
+        byte-exact (invalid UTF-8 re-encodes to another size) starts at the end: no bytes of it
+        are used. Only the bytes outlive this call, not the JSON text or its string."""
+        preview = await self._client.get_model(self._preview_path, PreviewResponse, endpoint=endpoints.TASK_LOG_PREVIEW)
+        size, content = preview.full_size, preview.content.encode("utf-8")
+        covered = preview.current_size if preview.current_size is not None else len(content)
+        if covered != len(content) or covered > size:
+            return size, b"", size
+        return size, content, size - covered
 
     async def _tail_from_obs(self) -> AsyncIterator[Span | None]:
         """Read what is new from the OBS link; a final ``None`` means done (no preview needed)."""
