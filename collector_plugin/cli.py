@@ -4,29 +4,30 @@ A user mistake is one clear line (or one line per config problem) on stderr and 
 exit, never a traceback. Exit codes: 0 done (or the reader of stdout went away, as with
 ``| head``); 1 with the reason on stderr; 2 a command-line mistake; 3 stopped with records left
 unsent (the count is on stderr; their cursors are not committed, so they are read again).
+
+Each command imports what it needs when it runs: ``--version`` or ``validate`` never pays for
+the exporter, gRPC, the OTLP encoders or the simulator (``tests/test_import_time.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
-import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector_plugin import __version__
-from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, ReceiverError
-from collector_plugin.journal import ReadJournal
-from collector_plugin.plugins import RegisteredSource, get_plugin_manager, load_catalog, load_commands, load_sources
-from collector_plugin.records import Record, Span
-from collector_plugin.settings import Settings, load_settings
-from collector_plugin.source import Command, Source
+
+if TYPE_CHECKING:  # the modules behind the commands are imported by the commands that use them
+    import asyncio
+
+    from collector_plugin.journal import ReadJournal
+    from collector_plugin.plugins import RegisteredSource
+    from collector_plugin.records import Record, Span
+    from collector_plugin.settings import Settings
+    from collector_plugin.source import Command, Source
 
 DEFAULT_CONFIG_ENV = "MODELARTS_RECEIVER_CONFIG"
 
@@ -42,6 +43,9 @@ EXIT_UNSENT = 3
 
 
 async def _run_until_signalled(receiver: Any, duration: float | None = None, stop: asyncio.Event | None = None) -> bool:
+    import asyncio
+    import signal
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,7 +63,9 @@ def prepare_run(path: str, environ: Mapping[str, str]) -> Any:
     :func:`load_settings`, which ``validate`` shares), so ``validate`` rejects the same configs.
     """
     from collector_plugin.logs import setup_logging
+    from collector_plugin.plugins import load_sources
     from collector_plugin.receiver import build_receiver
+    from collector_plugin.settings import load_settings
 
     registry = load_sources()
     settings = load_settings(path, registry, environ)
@@ -68,6 +74,8 @@ def prepare_run(path: str, environ: Mapping[str, str]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     receiver = prepare_run(_config_path(args), os.environ)
     clean = asyncio.run(_run_until_signalled(receiver))
     if clean:
@@ -83,6 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from collector_plugin.plugins import load_sources
+    from collector_plugin.settings import load_settings
+
     registry = load_sources()
     path = _config_path(args)
     settings = load_settings(path, registry, os.environ)
@@ -106,6 +117,9 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from collector_plugin.plugins import load_sources
+    from collector_plugin.settings import load_settings
+
     settings = load_settings(_config_path(args), load_sources(), os.environ)
     if not settings.telemetry.listen:
         raise ReceiverError('telemetry.listen is "": there is no /healthz to check')
@@ -120,6 +134,8 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 def cmd_sources(args: argparse.Namespace) -> int:
     """List healthy plugins' sources; name each broken plugin on stderr and exit 1."""
+    from collector_plugin.plugins import load_catalog
+
     catalog = load_catalog()
     width = max((len(name) for name in catalog.sources), default=4)
     for name, reg in catalog.sources.items():
@@ -145,6 +161,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def demo_config(sim: Any, checkpoint_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     """A receiver config that reads everything the simulator serves (the simulator's own)."""
+    from pathlib import Path
+
     from collector_plugin.simulator.demo import receiver_config
 
     exporter = {"protocol": args.protocol, "endpoint": args.otlp_endpoint} if args.otlp_endpoint else {}
@@ -198,6 +216,8 @@ def demo_summary(summary: Any, guard: PipeGuard | None) -> str:
 
 async def _demo(sim: Any, config: Any, registry: Any, args: argparse.Namespace) -> tuple[bool, PipeGuard | None]:
     """Run the receiver against ``sim`` until the duration, a signal or a closed stdout."""
+    import asyncio
+
     from collector_plugin.console import ConsoleTransport
     from collector_plugin.receiver import build_receiver
 
@@ -213,7 +233,12 @@ async def _demo(sim: Any, config: Any, registry: Any, args: argparse.Namespace) 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+
+    from collector_plugin.config import parse_config
     from collector_plugin.logs import setup_logging
+    from collector_plugin.plugins import load_sources
     from collector_plugin.simulator import Scenario, Simulator
 
     setup_logging("warning", "text")
@@ -269,7 +294,9 @@ class _CommandContext:
     @contextlib.asynccontextmanager
     async def delivery(self) -> AsyncIterator[_Delivery]:
         """The exporter and checkpoint store of the config, as ``run`` uses them."""
+        from collector_plugin import __version__
         from collector_plugin.export import build_pipeline, make_transport
+        from collector_plugin.journal import ReadJournal
         from collector_plugin.store import open_store
 
         config = self.settings.config
@@ -313,6 +340,11 @@ def _plugin_command(command: Command) -> Callable[[argparse.Namespace], int]:
     """Run a plugin's command with the config given by ``--config`` (or the environment)."""
 
     def run(args: argparse.Namespace) -> int:
+        import asyncio
+
+        from collector_plugin.plugins import load_sources
+        from collector_plugin.settings import load_settings
+
         registry = load_sources()
         settings = load_settings(_config_path(args), registry, os.environ)
 
@@ -337,7 +369,15 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line: the built-in commands, then the plugins' unless ``argv`` cannot reach them.
+
+    argparse acts on the first argument before it reads the next, so when that is ``--version`` or
+    a built-in command no plugin command can be reached or listed; leaving them out then changes
+    nothing but the time (importing every plugin is most of a short command's).
+    """
+    from collector_plugin import __version__
+
     parser = argparse.ArgumentParser(
         prog="modelarts-receiver",
         description="Ship Huawei Cloud ModelArts training logs, events and service updates over OTLP.",
@@ -395,17 +435,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sources", help="list registered sources and where they come from")
     p.set_defaults(func=cmd_sources)
 
-    commands, _ = load_commands(get_plugin_manager(), taken=set(sub.choices))  # a broken plugin: see `sources`
+    if not argv or (argv[0] != "--version" and argv[0] not in sub.choices):
+        _add_plugin_commands(sub)
+    return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the healthy plugins' commands; a broken plugin is left out here and named by ``sources``."""
+    from collector_plugin.plugins import get_plugin_manager, load_commands
+
+    commands, _ = load_commands(get_plugin_manager(), taken=set(sub.choices))
     for command in commands.values():
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
         p.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV})")
         p.set_defaults(func=_plugin_command(command))
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,8 +31,10 @@ from pydantic import (
 
 from collector_plugin.durations import Duration
 from collector_plugin.errors import ConfigError
-from collector_plugin.plugins import RegisteredSource
 from collector_plugin.source import SourceConfig
+
+if TYPE_CHECKING:
+    from collector_plugin.plugins import RegisteredSource
 
 DEFAULT_CHECKPOINT_PATH = "/var/lib/modelarts-receiver/checkpoints.db"
 ENV_AK = "HUAWEICLOUD_SDK_AK"

@@ -1,16 +1,18 @@
-"""A transport that prints records instead of sending them: for ``demo`` and ``tail``."""
+"""A transport that prints records instead of sending them: for ``demo`` and ``tail``.
+
+``tail`` prints its records before they are encoded, so the OTLP half (protobuf, the decoder)
+is imported only by the transport that receives encoded batches.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-from collector_plugin.otlp import any_value_to_python
-from collector_plugin.records import Record
+if TYPE_CHECKING:
+    from collector_plugin.records import Record
 
 _COLORS = {0: "\x1b[37m", 5: "\x1b[90m", 9: "\x1b[32m", 13: "\x1b[33m", 17: "\x1b[31m", 21: "\x1b[1;31m"}
 _RESET = "\x1b[0m"
@@ -79,6 +81,8 @@ def format_record(record: Record, *, color: bool) -> str:
 
 def format_proto_record(record: Any, service: str, *, color: bool) -> str:
     """Format a decoded OTLP LogRecord (what the console transport receives)."""
+    from collector_plugin.otlp import any_value_to_python
+
     return format_line(
         time_ns=record.time_unix_nano or record.observed_time_unix_nano,
         severity_number=record.severity_number,
@@ -100,6 +104,8 @@ class ConsoleTransport:
         self.printed = 0
 
     async def send(self, payload: bytes, nrecords: int) -> int:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
         request = ExportLogsServiceRequest.FromString(payload)
         lines = []
         for rl in request.resource_logs:

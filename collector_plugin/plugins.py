@@ -16,12 +16,15 @@ import importlib
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from collector_plugin import hookspecs
 from collector_plugin.errors import PluginError
-from collector_plugin.source import Command, Source
+
+if TYPE_CHECKING:  # the contracts (and pydantic) come with the plugins that implement them
+    from collector_plugin.source import Command, Source
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "collector_plugin.sources.modelarts.task_logs",

@@ -16,14 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from collector_plugin.config import Config, check_url, iam_endpoint, load_config, parse_listen_address
 from collector_plugin.errors import ConfigError
-from collector_plugin.export import ExporterSettings, resolve_exporter
+from collector_plugin.export.settings import ExporterSettings, resolve_exporter  # not the pipeline
 from collector_plugin.mapping import resource_attributes
-from collector_plugin.plugins import RegisteredSource
 from collector_plugin.records import Attributes, AttrValue
+
+if TYPE_CHECKING:
+    from collector_plugin.plugins import RegisteredSource
 
 RESOURCE_ENV = ("OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME")
 

@@ -25,7 +25,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from collector_plugin.config import parse_listen_address
 from collector_plugin.errors import ReceiverError
 from collector_plugin.logs import redact
 from collector_plugin.status import render_html
@@ -361,6 +360,8 @@ class TelemetryServer:
         """Bind and serve in a daemon thread; a no-op when disabled or already running."""
         if not self.enabled or self._server is not None:
             return
+        from collector_plugin.config import parse_listen_address  # config (yaml, its models) only once serving
+
         host, port = parse_listen_address(self.listen)
         server_cls: type[_Server] = _Server
         if ":" in host:
