@@ -24,7 +24,7 @@ from collector_plugin.backoff import Backoff
 from collector_plugin.budget import CALL, CallTag, Priority, is_throttle
 from collector_plugin.errors import ApiError
 from collector_plugin.records import Span
-from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target
+from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target, target_revision
 from collector_plugin.telemetry import Metrics
 
 log = logging.getLogger("collector_plugin.scheduler")
@@ -179,10 +179,14 @@ class Scheduler:
         added: list[str] = []
         for key, target in listed.items():
             if key in states:
-                states[key].target = target
-                if not target.active and not states[key].draining:
-                    states[key].draining = True
-                    states[key].wake.set()
+                state, before = states[key], states[key].target
+                state.target = target
+                if not target.active and not state.draining:
+                    state.draining = True
+                    state.wake.set()
+                elif target_revision(target) is not None and target_revision(target) != target_revision(before):
+                    state.news = True  # the listing shows a change: poll it now, as likely news
+                    state.wake.set()
                 continue
             if self.ownership is not None:
                 continue  # started by adopt() once this replica holds its lease

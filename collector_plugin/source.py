@@ -70,6 +70,13 @@ class Target(Protocol):
         ...
 
 
+def target_revision(target: object) -> object:
+    """A target's optional ``revision``: what its listing says of it (a service's status and update
+    time). When a refresh lists a target with another revision than before, the scheduler polls
+    it at once, ahead of idle targets: the listing showed news. Absent or None: never woken so."""
+    return getattr(target, "revision", None)
+
+
 @dataclass
 class ReaderStatus:
     """What a reader tells the scheduler after each poll (all optional, defaults mean "nothing").

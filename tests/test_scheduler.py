@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from collector_plugin.budget import CALL, Priority
 from collector_plugin.records import Record, Span
 from collector_plugin.scheduler import Scheduler, SourceRuntime
 from collector_plugin.source import ReaderStatus, SourceConfig
@@ -239,3 +240,69 @@ async def test_no_per_poll_lines_above_debug(caplog: Any) -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert len([r for r in caplog.records if r.name == "collector_plugin.scheduler"]) <= 2
+
+
+@dataclass
+class RevisedTarget:
+    key: str
+    revision: str | None
+    active: bool = True
+
+
+class QuickRefresh(SourceConfig):
+    @property
+    def refresh_interval(self) -> float:
+        return 0.01
+
+
+@dataclass
+class ListingSource(FakeSource):
+    """Lists one target whose revision the test changes; counts listings, notes each poll's priority."""
+
+    listed: list[RevisedTarget] = field(default_factory=list)
+    listings: int = 0
+    priorities: list[Priority] = field(default_factory=list)
+
+    async def targets(self) -> Sequence[Any]:
+        self.listings += 1
+        return list(self.listed)
+
+    def open(self, target: Any, cursor: str | None) -> Any:
+        source = self
+
+        class Reader(FakeReader):
+            async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
+                source.priorities.append(CALL.get().priority)
+                async for span in super().poll(draining=draining):
+                    yield span
+
+        return Reader(target.key, cursor, "idle", self.log)
+
+
+async def _until(check: Callable[[], bool], guard: float = 20.0) -> None:
+    async with asyncio.timeout(guard):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_target_listed_with_a_new_revision_is_polled_at_once_as_news() -> None:
+    source = ListingSource(listed=[RevisedTarget("fake/svc", "running@1")])
+    config = QuickRefresh(poll_interval=3600, max_poll_interval=3600)
+    scheduler = Scheduler([SourceRuntime("fake", source, config)], Sink(), {}, Metrics(), jitter=False)  # type: ignore[list-item]
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        await _until(lambda: len(source.log) == 1)
+        seen = source.listings
+        await _until(lambda: source.listings >= seen + 5)  # listed again, unchanged: not polled
+        assert len(source.log) == 1
+        source.listed = [RevisedTarget("fake/svc", "deploying@2")]
+        await _until(lambda: len(source.log) == 2)  # an hour early: the listing showed news
+        seen = source.listings
+        source.listed = [RevisedTarget("fake/svc", None)]  # no revision: nothing to compare
+        await _until(lambda: source.listings >= seen + 5)
+        assert len(source.log) == 2
+    finally:
+        stop.set()
+        await task
+    assert source.priorities == [Priority.NEW, Priority.NEWS]

@@ -226,3 +226,26 @@ def test_tracker_emits_each_new_state_once(polls: list[list[tuple[int, str]]], b
         for k, r in keys:
             last[k] = r
         assert len(tracker.results) <= bound
+
+
+async def test_the_listing_gives_each_service_a_revision_that_changes_with_its_updates(
+    sim: Simulator, client: ModelArtsClient
+) -> None:
+    svc = sim.scenario.add_service(name="rt")
+    configured = sim.scenario.add_service(name="cfg")
+    source = source_for(client, discovery={"enabled": True}, services=[{"id": configured.id}])
+
+    async def revisions() -> dict[str, str | None]:
+        return {t.key: t.revision for t in await source.targets() if isinstance(t, ServiceTarget)}
+
+    before = await revisions()
+    assert set(before) == {f"service_update_logs/{svc.id}", f"service_update_logs/{configured.id}"}
+    assert all(before.values())  # a configured service that is listed too carries the listing's revision
+    assert await revisions() == before  # nothing happened: the same revisions (no wake-up)
+    update = svc.start_update()
+    running = await revisions()
+    key = f"service_update_logs/{svc.id}"
+    assert running[key] != before[key] and running[key].startswith("deploying@")  # type: ignore[union-attr]
+    assert running[f"service_update_logs/{configured.id}"] == before[f"service_update_logs/{configured.id}"]
+    update.finish("SUCCESS")
+    assert (await revisions())[key] != running[key]  # deploying -> running: news again

@@ -275,6 +275,7 @@ class Service:
         self.infer_type = infer_type
         self._lock = lock
         self._updates: list[Update] = []
+        self.created_ms = now_ms()
 
     def start_update(self, config: list[dict[str, Any]] | None = None, *, time_ms: int | None = None) -> Update:
         with self._lock:
@@ -294,6 +295,12 @@ class Service:
     def updates(self) -> list[Update]:
         with self._lock:
             return list(self._updates)
+
+    @property
+    def update_time(self) -> int:
+        """When the service last changed (ms): its latest update's start, or its creation."""
+        with self._lock:
+            return self._updates[-1].update_time if self._updates else self.created_ms
 
     @property
     def status(self) -> str:

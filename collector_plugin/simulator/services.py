@@ -58,7 +58,13 @@ class ServicesApi:
                 "total_count": len(services),
                 "count": len(chosen),
                 "services": [
-                    {"service_id": s.id, "service_name": s.name, "infer_type": s.infer_type, "status": s.status}
+                    {
+                        "service_id": s.id,
+                        "service_name": s.name,
+                        "infer_type": s.infer_type,
+                        "status": s.status,
+                        "update_time": str(s.update_time) if self.options.has("service_strings") else s.update_time,
+                    }
                     for s in chosen
                 ],
             }

@@ -106,6 +106,7 @@ class ServiceInfo:
     name: str
     infer_type: str
     status: str
+    update_time: int | None = None  # ms; the listing's, changes when the service is updated
 
 
 class _Loose(BaseModel):
@@ -148,6 +149,7 @@ class _Service(_Loose):
     service_name: str = ""
     infer_type: str = ""
     status: str = ""
+    update_time: int | None = None  # some servers send it as a string: pydantic takes "170..." too
 
 
 class _ServicePage(_Loose):
@@ -248,7 +250,11 @@ async def list_services(client: ModelArtsClient, cfg: DiscoveryConfig) -> list[S
         for item in items:
             if item.service_id not in found:
                 found[item.service_id] = ServiceInfo(
-                    id=item.service_id, name=item.service_name, infer_type=item.infer_type, status=item.status
+                    id=item.service_id,
+                    name=item.service_name,
+                    infer_type=item.infer_type,
+                    status=item.status,
+                    update_time=item.update_time,
                 )
                 new += 1
         if not items or new == 0 or len(items) < SERVICE_PAGE_SIZE:

@@ -165,9 +165,13 @@ def _positioned(updates: Sequence[_Update]) -> list[tuple[UpdateKey, _Update]]:
 
 @dataclass(frozen=True)
 class ServiceTarget:
+    """One service; ``revision``: its status and update time as the service listing shows them
+    (a change there, such as ``deploying``, has the scheduler poll the history at once)."""
+
     service_id: str
     service_name: str | None = None
     active: bool = True
+    revision: str | None = None
 
     @property
     def key(self) -> str:
@@ -243,15 +247,16 @@ class ServiceUpdatesSource:
         for svc in self.config.services:
             target = ServiceTarget(svc.id)
             found[target.key] = target
-        if self.config.discovery.enabled:
+        if self.config.discovery.enabled:  # a configured service that is also listed: the listing's, with its revision
             current = {}
             for info in await list_services(self.client, self.config.discovery):
-                target = ServiceTarget(info.id, info.name or None)
+                target = ServiceTarget(info.id, info.name or None, revision=f"{info.status}@{info.update_time}")
                 current[target.key] = target
             gone = {k: ServiceTarget(t.service_id, t.service_name, active=False) for k, t in self._discovered.items()}
             self._discovered = dict(current)
             for key, target in {**gone, **current}.items():
-                found.setdefault(key, target)
+                if key not in found or target.active:
+                    found[key] = target
         return list(found.values())
 
     def open(self, target: Any, cursor: str | None) -> Reader:
