@@ -30,6 +30,7 @@ from collector_plugin.hookspecs import hookimpl
 from collector_plugin.http import ApiClient, parse_model
 from collector_plugin.journal import LogTimes, ReadJournal
 from collector_plugin.lines import Line, LineAssembler, LineSourceConfig
+from collector_plugin.links import AnswerBrokeOff, LinkAnswer
 from collector_plugin.logs import REDACTED
 from collector_plugin.mapping import (
     SEV_DEBUG,
@@ -68,6 +69,7 @@ __all__ = [
     "SEV_INFO",
     "SEV_UNSET",
     "SEV_WARN",
+    "AnswerBrokeOff",
     "ApiClient",
     "ApiError",
     "AttrValue",
@@ -85,6 +87,7 @@ __all__ = [
     "LineAssembler",
     "LineMapper",
     "LineSourceConfig",
+    "LinkAnswer",
     "LogTimes",
     "ObsLinkExpired",
     "PluginError",

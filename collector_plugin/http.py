@@ -24,14 +24,15 @@ from pydantic import BaseModel, ValidationError
 from collector_plugin.backoff import Backoff, parse_retry_after
 from collector_plugin.budget import CALL, Budget, Permit, Snapshot
 from collector_plugin.errors import ApiError, AuthError, ObsLinkExpired, ResponseFormatError
+from collector_plugin.links import AnswerBrokeOff, LinkAnswer, LinkUnreachable, link_client
 from collector_plugin.telemetry import Metrics
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, str]:
+def _error_fields(content: bytes) -> tuple[str, str]:
     try:
-        body = response.json()
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return "", ""
     if not isinstance(body, dict):
@@ -43,8 +44,16 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
 
 def api_error(response: httpx.Response, endpoint: str, retryable_codes: frozenset[str] = frozenset()) -> ApiError:
     """Map an error answer to an ApiError, deciding whether a retry may help."""
-    code, msg = _error_fields(response)
-    status = response.status_code
+    return error_answer(
+        response.status_code, response.content, response.headers.get("Retry-After"), endpoint, retryable_codes
+    )
+
+
+def error_answer(
+    status: int, content: bytes, retry_after: str | None, endpoint: str, retryable_codes: frozenset[str] = frozenset()
+) -> ApiError:
+    """An ApiError from an error answer's status, body and ``Retry-After``."""
+    code, msg = _error_fields(content)
     retryable = status == 429 or status >= 500 or code in retryable_codes
     return ApiError(
         endpoint=endpoint,
@@ -52,7 +61,7 @@ def api_error(response: httpx.Response, endpoint: str, retryable_codes: frozense
         error_code=code,
         error_msg=msg,
         retryable=retryable,
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        retry_after=parse_retry_after(retry_after),
     )
 
 
@@ -107,12 +116,12 @@ class ApiClient:
             follow_redirects=False,
             headers=headers,
         )
-        self._obs = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits, verify=verify)
+        self._links = link_client(timeout=timeout, max_connections=max_concurrency, verify=verify, transport=transport)
 
     async def aclose(self) -> None:
         await self.budget.aclose()
         await self._http.aclose()
-        await self._obs.aclose()
+        await self._links.aclose()
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -183,10 +192,11 @@ class ApiClient:
         return parse_model(model, data, endpoint)
 
     @asynccontextmanager
-    async def stream_obs(self, url: str, start: int, end: int | None = None) -> AsyncIterator[httpx.Response]:
+    async def stream_obs(self, url: str, start: int, end: int | None = None) -> AsyncIterator[LinkAnswer]:
         """Stream ``bytes=start-end`` of a temporary OBS link (no auth: the link is signed).
 
-        Raises :class:`ObsLinkExpired` on 403. The URL never appears in errors or metrics.
+        Raises :class:`ObsLinkExpired` on 403; a body that breaks off raises
+        :class:`AnswerBrokeOff` from its ``chunks()``. The URL never appears in errors or metrics.
         """
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end}"
         attempt = 0
@@ -194,26 +204,31 @@ class ApiClient:
             attempt += 1
             async with self._slots:
                 try:
-                    async with self._obs.stream("GET", url, headers={"Range": rng}) as response:
-                        if response.status_code == 403:
+                    async with self._links.get(url, {"Range": rng}) as answer:
+                        if answer.status == 403:
                             self.metrics.api_requests.labels("obs", "expired").inc()
                             raise ObsLinkExpired(endpoint="obs", status=403, error_msg="temporary link expired")
-                        if response.status_code >= 400 and response.status_code != 416:
-                            await response.aread()
-                            err = api_error(response, "obs", self.retryable_codes)
+                        if answer.status >= 400 and answer.status != 416:
+                            err = error_answer(
+                                answer.status,
+                                await _body(answer),
+                                answer.header("Retry-After") or None,
+                                "obs",
+                                self.retryable_codes,
+                            )
                             if err.retryable and not self.retry.exhausted(attempt):
-                                self.metrics.api_requests.labels("obs", f"retry_{response.status_code}").inc()
+                                self.metrics.api_requests.labels("obs", f"retry_{answer.status}").inc()
                                 await asyncio.sleep(self.retry.delay(attempt, err.retry_after))
                                 continue
                             self.metrics.api_requests.labels("obs", "error").inc()
                             raise err
                         self.metrics.api_requests.labels("obs", "ok").inc()
-                        yield response
+                        yield answer
                         return
-                except httpx.TransportError as exc:
+                except LinkUnreachable as exc:
                     if self.retry.exhausted(attempt):
                         self.metrics.api_requests.labels("obs", "connection_error").inc()
-                        raise ApiError(endpoint="obs", status=0, error_msg=type(exc).__name__) from None
+                        raise ApiError(endpoint="obs", status=0, error_msg=str(exc)) from None
                     self.metrics.api_retries.labels("obs", "connection").inc()
                     await asyncio.sleep(self.retry.delay(attempt))
 
@@ -279,6 +294,14 @@ class ApiClient:
                     + " (check the credentials)"
                 )
             raise err
+
+
+async def _body(answer: LinkAnswer) -> bytes:
+    """An error answer's body, or nothing when it breaks off (the status says enough)."""
+    try:
+        return await answer.read()
+    except AnswerBrokeOff:
+        return b""
 
 
 class HttpClients:

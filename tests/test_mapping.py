@@ -7,7 +7,15 @@ from hypothesis import strategies as st
 
 from collector_plugin.http import ApiClient
 from collector_plugin.logs import REDACTED
-from collector_plugin.mapping import LineMapper, line_severity, parse_resource_env, record_uid, resource_attributes
+from collector_plugin.mapping import (
+    _LEVEL_TOKEN,
+    _LINE_LEVELS,
+    LineMapper,
+    line_severity,
+    parse_resource_env,
+    record_uid,
+    resource_attributes,
+)
 from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import SERVICE_INFERENCE, SERVICE_TRAINING, modelarts_resource
@@ -41,6 +49,19 @@ def test_line_severity_tokens() -> None:
     }
     for line, expected in cases.items():
         assert line_severity(line) == expected, line
+
+
+_PIECES = st.sampled_from(
+    ["INFO", "WARN", "WARNING", "ERROR", "DEBUG", "FATAL", "CRITICAL", "INF", "_", "x", " ", "[", "é"]
+)
+
+
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=60))
+def test_line_severity_is_the_first_level_token_in_the_first_160_characters(pieces: list[str]) -> None:
+    line = "".join(pieces)
+    match = _LEVEL_TOKEN.search(line, 0, 160)  # the definition, against the substring pre-check
+    expected = (_LINE_LEVELS[match.group(1)], match.group(1)) if match else (0, "")
+    assert line_severity(line) == expected
 
 
 def test_event_severity_and_source() -> None:

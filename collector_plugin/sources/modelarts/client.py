@@ -12,10 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-import httpx
 from pydantic import BaseModel, Field
 
-from collector_plugin.api import ApiClient, Attributes, SourceConfig, SourceContext
+from collector_plugin.api import ApiClient, Attributes, LinkAnswer, SourceConfig, SourceContext
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,7 +64,7 @@ class ModelArtsClient:
     async def request_json(self, method: str, path: str, *, endpoint: str, **kwargs: Any) -> Any:
         return await self.api.request_json(method, path, endpoint=endpoint, **kwargs)
 
-    def stream_obs(self, url: str, start: int, end: int | None = None) -> AbstractAsyncContextManager[httpx.Response]:
+    def stream_obs(self, url: str, start: int, end: int | None = None) -> AbstractAsyncContextManager[LinkAnswer]:
         return self.api.stream_obs(url, start, end)
 
     async def aclose(self) -> None:

@@ -26,12 +26,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import httpx
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from collector_plugin.api import (
+    AnswerBrokeOff,
     ApiError,
     LineSourceConfig,
+    LinkAnswer,
     ObsLinkExpired,
     Reader,
     ResponseFormatError,
@@ -261,7 +262,7 @@ class TaskLogReader(ByteLogReader):
                     skip = self._answer_offset(response, first)
                     if skip is None:
                         return
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.chunks():
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)
@@ -291,16 +292,16 @@ class TaskLogReader(ByteLogReader):
                 renewals += 1
                 if renewals > MAX_LINK_RENEWALS:
                     raise
-            except httpx.HTTPError:
+            except AnswerBrokeOff:
                 broken += 1
                 if self._client.api.retry.exhausted(broken):
                     raise ApiError(
                         endpoint=endpoints.OBS, status=0, error_msg="the answer broke off repeatedly"
                     ) from None
 
-    def _answer_offset(self, response: httpx.Response, start: int) -> int | None:
+    def _answer_offset(self, response: LinkAnswer, start: int) -> int | None:
         """Bytes to skip before ``start`` in this answer (None: nothing there); notes the log size."""
-        skip, size = answer_window(response.status_code, response.headers.get("content-range", ""), start)
+        skip, size = answer_window(response.status, response.header("content-range"), start)
         if size is not None:
             self._obs_size = size
         return skip
