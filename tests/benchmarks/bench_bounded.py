@@ -138,7 +138,8 @@ def main() -> int:
         traced = asyncio.run(run(True, args))
         for (label, t), (_, u) in zip(traced, untraced, strict=True):
             print(row(axis, label, t, u), flush=True)
-            figures.setdefault(axis, []).append({"poll": label, "traced": asdict(t), "cpu_s": u.cpu_s})
+            traced_figures = {**asdict(t), "requests": dict(t.requests)}  # asdict rebuilds a Counter wrongly
+            figures.setdefault(axis, []).append({"poll": label, "traced": traced_figures, "cpu_s": u.cpu_s})
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0
