@@ -26,6 +26,7 @@ piece or a flush, and the count restarts at each of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 from pydantic import Field, field_validator
@@ -37,6 +38,8 @@ LOKI_MAX_LINE_BYTES = 256_000  # Loki's max_line_size "256KB", with KB = 1000: l
 DEFAULT_MAX_LINE_BYTES = LOKI_MAX_LINE_BYTES
 DEFAULT_PROGRESS_EVERY = 100  # tqdm redraws at most ~10 times a second: about one sample per 10 s
 MAX_ESCAPE_BYTES = 256  # an escape sequence still open after this many bytes is not kept whole
+DEFAULT_MAX_BATCH_LINES = 8192  # lines per batch of feed_batches: ~4 MB of records, even for a log of bare LFs
+_BATCH_SLACK = 16  # lines a feed may emit beyond what its bytes account for (the held tail's pieces, a group)
 
 _CR, _ESC = 13, 27  # `int in bytes` is a memchr; `bytes in bytes` costs ten times more per line
 
@@ -158,6 +161,24 @@ def _open_escape(data: bytes, lo: int, hi: int) -> int:
     if last is not None and last.end() == hi and _ESCAPE.fullmatch(data, last.start(), hi) is None:
         return last.start()
     return hi
+
+
+def _piece_end(data: bytes, start: int, budget: int, limit: int) -> int:
+    """End of the longest piece from ``start``, in blocks, whose bytes complete at most ``budget`` lines.
+
+    A block's worst case (every byte an LF or CR, pieces of ``limit / 12`` bytes) fits the
+    budget, and a piece takes at least one block, so every piece makes progress.
+    """
+    block = max(1, (budget - 1) * limit // (2 * limit + 12))
+    end, used = start, 0
+    while end < len(data):
+        stop = min(end + block, len(data))
+        cost = 2 * (data.count(b"\n", end, stop) + data.count(b"\r", end, stop)) - (-12 * (stop - end) // limit)
+        if used + cost > budget and end > start:
+            break
+        used += cost
+        end = stop
+    return end
 
 
 _new_line = tuple.__new__  # builds a Line without NamedTuple's Python-level __new__ (hot loop)
@@ -309,6 +330,29 @@ class LineAssembler:
         self._tail_offset = pos
         self._open(rest, pos, out)
         return out
+
+    def feed_batches(
+        self, data: bytes, offset: int, max_lines: int = DEFAULT_MAX_BATCH_LINES
+    ) -> Iterator[tuple[list[Line], int]]:
+        """:meth:`feed` ``data`` piece by piece; yield each piece's lines (at most ``max_lines``) and its size.
+
+        A span of bare LFs would otherwise make one line per byte at once (262,144 records for
+        256 KiB). Between pieces :attr:`pending_offset` and :attr:`pending_continued` make a
+        cursor, and the lines are those of one :meth:`feed` (chunking never changes them). A
+        piece is cut where its bytes cannot complete more lines: each LF or CR may complete two
+        (a line or sample, and a group), each ``max_line_bytes / 12`` bytes one more piece.
+        """
+        if max_lines < 2 * _BATCH_SLACK:
+            raise ValueError(f"max_lines must be at least {2 * _BATCH_SLACK}")
+        budget = max_lines - _BATCH_SLACK
+        start = 0
+        while True:
+            end = _piece_end(data, start, budget, self.max_line_bytes)
+            piece = data[start:end] if start or end < len(data) else data
+            yield self.feed(piece, offset + start), end - start
+            if end >= len(data):
+                return
+            start = end
 
     def flush(self, *, final: bool = False) -> list[Line]:
         """Emit what is pending: the open multiline group, then the partial last line.
@@ -512,6 +556,7 @@ class LineAssembler:
 
 
 __all__ = [
+    "DEFAULT_MAX_BATCH_LINES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_PROGRESS_EVERY",
     "LOKI_MAX_LINE_BYTES",

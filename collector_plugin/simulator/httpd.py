@@ -108,7 +108,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             headers = httpx.Headers(list(self.headers.items()))
             req = Request(self.command, raw_path, raw_query, query, headers, body, found[1])
             reply = sim.handle(req, found[0])
-        sim.record(RequestLog(self.command, raw_path, _redact(query), reply.status, endpoint))
+        sim.record(RequestLog(self.command, raw_path, _redact(query), reply.status, endpoint, len(reply.body)))
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:

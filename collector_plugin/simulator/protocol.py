@@ -17,13 +17,14 @@ import httpx
 
 @dataclass(frozen=True)
 class RequestLog:
-    """One request the simulator answered; ``endpoint`` is its path template."""
+    """One request the simulator answered; ``endpoint`` is its path template, ``nbytes`` its answer's body size."""
 
     method: str
     path: str
     query: dict[str, str]
     status: int
     endpoint: str
+    nbytes: int = 0
 
 
 @dataclass

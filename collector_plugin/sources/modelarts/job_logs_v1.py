@@ -182,7 +182,8 @@ class V1LogReader(ByteLogReader):
         if size is None or size > pos:
             tail_start = size - len(tail) if size is not None and tail is not None else None
             if tail is not None and tail_start is not None and tail_start <= pos:
-                yield self.span(tail[pos - tail_start :], pos)
+                for span in self.spans(tail[pos - tail_start :], pos):
+                    yield span
             else:
                 async for span in self._read_ranges(pos, size, final=draining):
                     yield span
@@ -209,7 +210,8 @@ class V1LogReader(ByteLogReader):
             buf += data
             pos += len(data)
             if len(buf) >= SPAN_BYTES:
-                yield self.span(bytes(buf), buf_start)
+                for span in self.spans(bytes(buf), buf_start):
+                    yield span
                 buf_start = pos
                 buf.clear()
                 if size is not None:
@@ -220,7 +222,8 @@ class V1LogReader(ByteLogReader):
         else:
             self.status.behind = True
         if buf:
-            yield self.span(bytes(buf), buf_start)
+            for span in self.spans(bytes(buf), buf_start):
+                yield span
 
 
 class JobLogsV1Source:

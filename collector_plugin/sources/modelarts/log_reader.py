@@ -12,6 +12,7 @@ same counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from collector_plugin.api import (
@@ -98,7 +99,7 @@ class LogCursor:
 class ByteLogReader:
     """Base of the readers of one log: everything but how bytes are fetched.
 
-    Subclasses call :meth:`start` once they know where reading begins, then :meth:`span` for
+    Subclasses call :meth:`start` once they know where reading begins, then :meth:`spans` for
     each contiguous piece of bytes, and :meth:`restarted`, :meth:`flush_span` as needed.
     """
 
@@ -187,22 +188,30 @@ class ByteLogReader:
         seen = self.counts.dump(held) if self.counts is not None else None
         return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before, seen).dumps(self.codec)
 
-    def span(self, data: bytes, offset: int) -> Span:
-        """Feed ``data`` (at byte ``offset``) and return its records with the cursor after them."""
+    def spans(self, data: bytes, offset: int) -> Iterator[Span]:
+        """Feed ``data`` (at byte ``offset``): its records, a span per at most
+        :data:`~collector_plugin.lines.DEFAULT_MAX_BATCH_LINES`, each with the cursor after it.
+
+        Lazy, so a span of bare LFs never holds more records than that at once.
+        """
         asm = self.assembler
         assert asm is not None
         if data:
             self.grew_ns = self.context.clock_ns()
-        if self.counts is not None:
-            self.counts.bytes_read += len(data)
-        lines = asm.feed(data, offset)
-        self.recent = (
-            data[-FINGERPRINT_BYTES:] if len(data) >= FINGERPRINT_BYTES else (self.recent + data)[-FINGERPRINT_BYTES:]
-        )
-        now = self.context.clock_ns()
-        self.times.stamp(offset, offset + len(data), now)  # before the records go out: a replay reuses it
-        records = self._records(lines, now)
-        return Span(self.key, records, self.cursor(), len(data))
+        start = 0
+        for lines, size in asm.feed_batches(data, offset):
+            end = start + size
+            if self.counts is not None:
+                self.counts.bytes_read += size
+            self.recent = (
+                data[end - FINGERPRINT_BYTES : end]
+                if end >= FINGERPRINT_BYTES
+                else (self.recent + data[start:end])[-FINGERPRINT_BYTES:]
+            )
+            now = self.context.clock_ns()
+            self.times.stamp(offset + start, offset + end, now)  # before the records go out: a replay reuses it
+            yield Span(self.key, self._records(lines, now), self.cursor(), size)
+            start = end
 
     def _records(self, lines: list[Line], now: int) -> list[Record]:
         record, at = self.mapper.record, self.times.at

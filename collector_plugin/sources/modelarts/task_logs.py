@@ -194,7 +194,8 @@ class TaskLogReader(ByteLogReader):
         if preview_start <= pos < size:
             data = content[pos - preview_start :]
             for i in range(0, len(data), PREVIEW_SPAN_BYTES):
-                yield self.span(data[i : i + PREVIEW_SPAN_BYTES], pos + i)
+                for span in self.spans(data[i : i + PREVIEW_SPAN_BYTES], pos + i):
+                    yield span
         flushed = self.flush_span(draining=draining)
         if flushed is not None:
             yield flushed
@@ -277,15 +278,17 @@ class TaskLogReader(ByteLogReader):
                             chunk = chunk[: stop - pos - len(buf)]
                         buf += chunk
                         while len(buf) >= OBS_CHUNK_BYTES:
-                            span = self.span(bytes(buf[:OBS_CHUNK_BYTES]), pos)
+                            piece = bytes(buf[:OBS_CHUNK_BYTES])
                             del buf[:OBS_CHUNK_BYTES]
-                            pos = self.position
                             renewals = broken = 0
-                            yield span
+                            for span in self.spans(piece, pos):
+                                yield span
+                            pos = self.position
                         if stop is not None and pos + len(buf) >= stop:
                             break
                 if buf:
-                    yield self.span(bytes(buf), pos)
+                    for span in self.spans(bytes(buf), pos):
+                        yield span
                 return
             except ObsLinkExpired:
                 self._link = None

@@ -7,5 +7,7 @@ order, every page of it (:mod:`.pager`), and recognises events already read by t
 (:mod:`.tracker`): ``(time, level, source, message, occurrence among identical ones at that
 time)``. The cursor holds ``floor`` (the high-water time minus ``lookback``: older events count as
 read) and the identities seen at or after it, bounded in number. Late events within ``lookback``
-are caught; nothing repeats. :mod:`.model` is the response model, :mod:`.source` the plugin.
+are caught; nothing repeats. A window unchanged since it was last read to its end (same
+``total``, same first page) costs one request per poll, however many pages it holds.
+:mod:`.model` is the response model, :mod:`.source` the plugin.
 """

@@ -90,11 +90,14 @@ class EventsReader:
         self._times = context.journal.open(target.key, self._tracker.floor)
 
     async def poll(self, *, draining: bool = False) -> AsyncIterator[Span]:
-        """Scan the window once (draining changes nothing: every poll reads to the end)."""
+        """Scan the window once (draining changes nothing: every poll reads to the end).
+
+        An unchanged window is one request (see :mod:`.pager`)."""
         ctx = self._context
         tracker = self._tracker
         tracker.begin_scan()
-        async for events, more in self._pager.pages(tracker.floor, ctx.clock_ns() // 1_000_000):
+        async for page in self._pager.pages(tracker.floor, ctx.clock_ns() // 1_000_000):
+            events, more = page.events, page.more
             observed = ctx.clock_ns()
             records: list[Record] = []
             nbytes = 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from collector_plugin.api import CursorCodec
 from collector_plugin.sources.modelarts.events.model import Event
 from collector_plugin.sources.modelarts.records import EVENTS_SOURCE
 
-MAX_SEEN = 2000  # identities kept in a cursor (~40 KB of JSON at most)
+MAX_SEEN = 2000  # identities kept in a cursor (~40 KB of JSON), besides those of the newest time
+MAX_SEEN_NEWEST = 10 * MAX_SEEN  # ...which are kept too, up to this many (a burst in one second)
 CODEC = CursorCodec(EVENTS_SOURCE, version=1)
 
 
@@ -19,18 +21,27 @@ class EventTracker:
     Pure (no I/O): a scan is ``begin_scan()``, ``accept()`` for each event in server order,
     ``page_done()`` after each page and ``end_scan()`` at the end; ``cursor()`` at any of those
     points is safe to commit once everything accepted before it is delivered.
+
+    Memory is bounded: ``seen`` holds at most ``max_seen`` identities plus those of its newest
+    time (up to ``max_seen_newest``: forgetting them while a page may go on at that time would
+    lose the rest of a burst), and the occurrence counts of a scan only the times at or above
+    the floor.
     """
 
     lookback_ms: int
     max_seen: int = MAX_SEEN
+    max_seen_newest: int = MAX_SEEN_NEWEST
     floor: int = 0
     seen: dict[int, set[str]] = field(default_factory=dict)
     _occurrences: dict[tuple[int, str], int] = field(default_factory=dict)
+    _order: deque[tuple[int, str]] = field(default_factory=deque)  # _occurrences' keys, first seen first
     _high: int | None = None
 
     @classmethod
-    def from_cursor(cls, cursor: str | None, lookback_ms: int, max_seen: int = MAX_SEEN) -> EventTracker:
-        tracker = cls(lookback_ms=lookback_ms, max_seen=max_seen)
+    def from_cursor(
+        cls, cursor: str | None, lookback_ms: int, max_seen: int = MAX_SEEN, max_seen_newest: int = MAX_SEEN_NEWEST
+    ) -> EventTracker:
+        tracker = cls(lookback_ms=lookback_ms, max_seen=max_seen, max_seen_newest=max_seen_newest)
         if cursor is None:
             return tracker
         data = CODEC.loads(cursor)
@@ -49,8 +60,14 @@ class EventTracker:
     def seen_count(self) -> int:
         return sum(len(ids) for ids in self.seen.values())
 
+    @property
+    def counted(self) -> int:
+        """Occurrence counts the current scan holds (bounded like ``seen``)."""
+        return len(self._occurrences)
+
     def begin_scan(self) -> None:
         self._occurrences.clear()
+        self._order.clear()
         self._high = None
 
     def accept(self, event: Event) -> str | None:
@@ -58,6 +75,8 @@ class EventTracker:
         key = (event.time_ms, event.digest())
         occurrence = self._occurrences.get(key, 0)
         self._occurrences[key] = occurrence + 1
+        if not occurrence:
+            self._order.append(key)
         if self._high is None or event.time_ms > self._high:
             self._high = event.time_ms
         if event.time_ms < self.floor:
@@ -86,17 +105,31 @@ class EventTracker:
         self.floor = floor
         for t in [t for t in self.seen if t < floor]:
             del self.seen[t]
+        order, occurrences = self._order, self._occurrences
+        while order and order[0][0] < floor:  # an ascending scan counted them first; below the floor they are read
+            del occurrences[order.popleft()]
 
     def _bound(self) -> None:
-        """Forget the oldest timestamps beyond ``max_seen`` ids; events at them count as read."""
+        """Forget the oldest times beyond ``max_seen`` ids (events at them count as read).
+
+        The newest time is kept unless it alone holds more than ``max_seen_newest``: a page may
+        go on at it, and a burst at one time still comes out whole.
+        """
         count = self.seen_count
         if count <= self.max_seen:
             return
-        for t in sorted(self.seen):
+        times = sorted(self.seen)
+        newest = times[-1]
+        if len(self.seen[newest]) <= self.max_seen_newest:
+            times.pop()
+        forget = None
+        for t in times:
             if count <= self.max_seen:
                 break
-            count -= len(self.seen.pop(t))
-            self.floor = max(self.floor, t + 1)
+            count -= len(self.seen[t])
+            forget = t
+        if forget is not None:
+            self._raise_floor(forget + 1)
 
 
 __all__ = ["MAX_SEEN", "EventTracker"]
