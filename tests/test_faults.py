@@ -172,10 +172,10 @@ async def test_collector_unreachable_then_back_loses_nothing_and_memory_stays_bo
         await until(lambda: transport.refused > 0, 20, "an export to be refused")
         held.append(receiver.pipeline.queued_records)
         # Watch polling over ten more refused exports (a span of the receiver's own time, not ours).
-        previews_during_outage = sim.count(PREVIEW)
+        reads_during_outage = reads(sim)
         refused = transport.refused
         await until(lambda: transport.refused >= refused + 10, 20, "ten more export retries")
-        previews_later = sim.count(PREVIEW)
+        reads_later = reads(sim)
         assert transport.refused > 0
         assert receiver.ready()[0] is False, "readiness must show the failing export"
         transport.down = False
@@ -187,7 +187,7 @@ async def test_collector_unreachable_then_back_loses_nothing_and_memory_stays_bo
     # Backpressure, not buffering: what is held never exceeds the queue plus one span (here one
     # 200-line append), and a reader blocked on the full queue stops polling instead of reading on.
     assert max(held) <= config.exporter.queue_size + 200, max(held)
-    assert previews_later - previews_during_outage <= 2
+    assert reads_later - reads_during_outage <= 2
     assert metric(receiver, "export_failures_total", reason="connection") > 0
     assert metric(receiver, "records_exported_total") >= 2200
 
@@ -210,7 +210,7 @@ async def test_api_storms_slow_the_receiver_but_every_target_keeps_going(tmp_pat
         )
         stop = asyncio.Event()
         run = asyncio.create_task(receiver.run(stop))
-        await until(lambda: sim.count(PREVIEW) >= 1, 20, "the first preview request")
+        await until(lambda: reads(sim) >= 1, 20, "the first task log read")
         log.append(lines(300, 300, "later"))
         await until(lambda: faults.pending == 0, 30, "every injected fault to be met")
         log.append(lines(600, 100, "after"))

@@ -177,12 +177,14 @@ class TaskLogReader(ByteLogReader):
         if size < self.position or self.rewritten(content, preview_start):
             yield self.restarted(size)
         if self.position < preview_start:
-            # Behind the preview: once OBS answers, stream the rest from it too rather than
-            # hold the preview's megabytes while the gap goes out span by span. What a lagging
-            # OBS object lacks past ``preview_start`` comes from the next poll's preview.
+            # Behind the preview: once OBS answers, a live read streams the rest from it too
+            # rather than hold the preview's megabytes while the gap goes out span by span
+            # (what a lagging OBS object lacks comes from the next poll's preview). A drain, one
+            # log at a time, uses the preview it fetched for the size it needs anyway.
             before = self.position
-            async for span in self._read_obs(before, size):
-                content = b""
+            async for span in self._read_obs(before, preview_start if draining else size):
+                if not draining:
+                    content = b""
                 yield span
             self._obs_misses = 0 if self.position > before else self._obs_misses + 1
             if self.position < preview_start and (draining or self._obs_misses >= MAX_OBS_MISSES):
