@@ -27,8 +27,11 @@ _LINE_LEVELS = {
     "CRITICAL": SEV_FATAL,
     "FATAL": SEV_FATAL,
 }
-# An upper-case level token near the start of the line, not part of a longer word.
-_LEVEL_TOKEN = re.compile(r"(?<![A-Za-z0-9_])(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)(?![A-Za-z0-9_])")
+# An upper-case level token near the start of the line, not part of a longer word. The word
+# before it is checked by hand: a leading lookbehind keeps ``re`` from skipping ahead to the
+# tokens' first letters, and makes the search four times slower.
+_LEVEL_TOKEN = re.compile(r"(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)(?![A-Za-z0-9_])")
+_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _LEVEL_SCAN = 160  # characters of a line searched for a level token
 
 
@@ -38,26 +41,16 @@ def record_uid(*parts: object) -> str:
     return hashlib.blake2b(joined, digest_size=16).hexdigest()
 
 
-_TOKENS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL", "FATAL")  # every level holds one of these
-
-
 def line_severity(line: str) -> tuple[int, str]:
-    """Severity from the first level token in a line (``[INFO]``, ``ERROR:``, ``WARN`` ...).
-
-    Most lines of a busy log name no level: six substring tests (C, memchr-fast) rule that out
-    four times faster than the regex, which then runs only on lines that may hold one.
-    """
-    head = line[:_LEVEL_SCAN]
-    for token in _TOKENS:
-        if token in head:
-            break
-    else:
-        return SEV_UNSET, ""
-    match = _LEVEL_TOKEN.search(head)
-    if match is None:
-        return SEV_UNSET, ""
-    token = match.group(1)
-    return _LINE_LEVELS[token], token
+    """Severity from the first level token in a line (``[INFO]``, ``ERROR:``, ``WARN`` ...)."""
+    pos = 0
+    while (match := _LEVEL_TOKEN.search(line, pos, _LEVEL_SCAN)) is not None:
+        start = match.start()
+        if start == 0 or line[start - 1] not in _WORD_CHARS:
+            token = match.group(1)
+            return _LINE_LEVELS[token], token
+        pos = start + 1  # inside a longer word (``xERROR``): look on
+    return SEV_UNSET, ""
 
 
 def parse_resource_env(value: str) -> dict[str, str]:
