@@ -70,3 +70,23 @@ def test_hook_is_fully_typed(hook: Callable[..., Any]) -> None:
     untyped = [name for name, p in signature.parameters.items() if p.annotation is inspect.Parameter.empty]
     assert not untyped, f"{hook.__name__}: untyped parameters {untyped}"
     assert signature.return_annotation is not inspect.Signature.empty, f"{hook.__name__}: no return type"
+
+
+def _metrics_rows() -> dict[str, tuple[str, str]]:
+    """The README's metrics table: name -> (type, labels)."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Self-telemetry", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (counter|gauge|histogram) \| ([^|]*) \|", section, flags=re.MULTILINE)
+    return {name: (kind, labels.strip()) for name, kind, labels in rows}
+
+
+def test_every_metric_is_in_the_readme_with_its_type_and_labels() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from collector_plugin.telemetry import PREFIX, Metrics
+
+    exposed = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            name = metric._name.removeprefix(PREFIX) + ("_total" if metric._type == "counter" else "")
+            exposed[name] = (metric._type, ", ".join(f"`{label}`" for label in metric._labelnames))
+    assert _metrics_rows() == exposed
