@@ -155,7 +155,7 @@ def config_raw(sim: Simulator, tmp: Path, auth: dict[str, Any], endpoint: str | 
 def inject_errors(sim: Simulator) -> None:
     """Make the error paths run: an expired link, a 5xx, a malformed answer."""
     sim.faults.add(r"^/obs/", status=403, times=1)
-    sim.faults.error(r"/logs/preview$", status=500, times=2)
+    sim.faults.error(r"/logs/(preview|url)$", status=500, times=2)  # a log read from the start asks for its link first
     sim.faults.malformed(r"/events$", times=1)
 
 

@@ -486,8 +486,9 @@ def bench_api(workdir: Path, quick: bool, throughput: dict[str, Any] | None) -> 
 # --- 3. scale -----------------------------------------------------------------------------------
 
 
-def bench_scale(workdir: Path, quick: bool) -> dict[str, Any]:
-    jobs, per_job, bps, poll = 100, 10, 1024, 5.0
+def bench_scale(workdir: Path, quick: bool, tasks: int = 1000) -> dict[str, Any]:
+    per_job, bps, poll = 10, 1024, 5.0
+    jobs = max(1, tasks // per_job)
     warmup = 10.0 if quick else 20.0
     window = 30.0 if quick else 180.0
     helpers = Helpers(workdir)
@@ -705,6 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 30 s scale run (< 2 minutes)")
     parser.add_argument("--only", choices=("throughput", "api", "scale"), action="append")
+    parser.add_argument(
+        "--scale-tasks",
+        type=int,
+        action="append",
+        help="task counts of the scale run (default 1000; repeat for a sweep)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     only: Callable[[str], bool] = lambda name: not args.only or name in args.only  # noqa: E731
@@ -719,8 +726,10 @@ def main(argv: list[str] | None = None) -> int:
             results["api"] = bench_api(workdir, args.quick, results.get("throughput"))
             print_api(results["api"])
         if only("scale"):
-            results["scale"] = bench_scale(workdir, args.quick)
-            print_scale(results["scale"])
+            for n, tasks in enumerate(args.scale_tasks or [1000]):
+                key = "scale" if n == 0 else f"scale_{tasks}"
+                results[key] = bench_scale(workdir, args.quick, tasks)
+                print_scale(results[key])
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -52,11 +52,19 @@ class ServiceConfig(BaseModel):
     id: str = Field(min_length=1)
 
 
+class ServiceDiscoveryConfig(DiscoveryConfig):
+    interval: Duration = Field(
+        default=15.0,
+        description="How often the service list is refreshed: one call per 1,000 services, and a "
+        "service whose status or update time changed there is polled at once.",
+    )
+
+
 class ServiceUpdatesConfig(Discoverable, StreamsConfig):
     poll_interval: Duration = 30.0
     start_at: Literal["beginning", "end"] = "beginning"
     services: list[ServiceConfig] = Field(default_factory=list)
-    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    discovery: ServiceDiscoveryConfig = Field(default_factory=ServiceDiscoveryConfig)
 
 
 class _Update(BaseModel):
