@@ -271,6 +271,30 @@ def encode_framed_log_record(record: Record) -> bytes:
     return (b"\x12" + (_VARINT_TABLE[n] if n < _TABLE_LIMIT else _varint_slow(n))) + buf
 
 
+def uid_of_framed(framed: bytes) -> str:
+    """The ``log.record.uid`` of a record :func:`encode_framed_log_record` made ("" if it has none).
+
+    Delivery keeps only the encoded bytes of queued records; this reads a uid back for the rare
+    record the collector refuses, so no uid string is held per queued record.
+    """
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    _, start = _read_varint(framed, 1)
+    record = LogRecord.FromString(framed[start:])
+    return next((kv.value.string_value for kv in record.attributes if kv.key == UID_KEY), "")
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
 def frame_log_record(encoded: bytes) -> bytes:
     """Wrap an encoded ``LogRecord`` as field 2 (``log_records``) of ``ScopeLogs``."""
     return _len_field(b"\x12", encoded)

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from collector_plugin.otlp import (
     OtlpEncoder,
     encode_export_request,
+    encode_framed_log_record,
     encode_log_record,
     encoded_size,
     frame_log_record,
+    uid_of_framed,
     varint,
 )
 from collector_plugin.records import Attributes, Record
@@ -241,3 +243,20 @@ def test_every_length_around_the_one_byte_boundaries() -> None:
     decoded = decode_request(encode_export_request(records, "s", ""))
     assert [d["body"] for d in decoded] == [r.body for r in records]
     assert [d["attributes"] for d in decoded] == [r.all_attributes() for r in records]
+
+
+@settings(max_examples=200)
+@given(
+    uid=st.text(max_size=300),
+    body=st.text(max_size=300),
+    attributes=st.dictionaries(
+        st.text(min_size=1, max_size=20).filter(lambda k: k != "log.record.uid"),
+        st.one_of(st.text(max_size=40), st.integers(0, 2**40)),
+    ),
+)
+def test_a_refused_record_uid_is_read_back_from_its_encoded_bytes(
+    uid: str, body: str, attributes: dict[str, Any]
+) -> None:
+    record = Record(body=body, uid=uid, observed_ns=1, attributes=attributes)
+    expected = uid.encode("utf-8", "replace").decode("utf-8")  # as encoding keeps it (lone surrogates replaced)
+    assert uid_of_framed(encode_framed_log_record(record)) == expected

@@ -39,7 +39,7 @@ from collector_plugin.export.batcher import Batch, Batcher, QueuedSpan, Slice, b
 from collector_plugin.export.ledger import AckLedger, split_parts
 from collector_plugin.export.settings import resolve_exporter
 from collector_plugin.export.transports import RetryableExportError, Transport, make_transport
-from collector_plugin.otlp import SCOPE_NAME, OtlpEncoder, encode_framed_log_record
+from collector_plugin.otlp import SCOPE_NAME, OtlpEncoder, encode_framed_log_record, uid_of_framed
 from collector_plugin.records import Attributes, Span
 from collector_plugin.telemetry import Metrics
 
@@ -304,7 +304,7 @@ class Pipeline:
             log.error(
                 "collector refused a record for good, skipping it: target=%s log.record.uid=%s: %s",
                 span.target,
-                span.uids[index],
+                uid_of_framed(span.framed[index]),
                 exc,
             )
             await self._settle(slices, nrecords, nbytes, refused=True)
