@@ -464,7 +464,7 @@ def test_full_disk_is_reported_and_nothing_is_lost(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_sigkill_many_times_loses_nothing(tmp_path: Path) -> None:
-    """tests/test_crash.py kills 4 times; this kills 12 times at random points, soon after start
+    """tests/test_crash.py kills 4 times; this kills 6 times at random points, soon after start
     included (before the first commit, mid-catch-up, while idle)."""
     try:
         import test_crash as crash
@@ -483,7 +483,7 @@ def test_sigkill_many_times_loses_nothing(tmp_path: Path) -> None:
             config = tmp_path / "config.yaml"
             crash.write_config(config, sim, collector)
             log = tmp_path / "receiver.log"
-            for _ in range(12):
+            for _ in range(6):
                 before = sim.count()
                 proc = start_receiver(config, log)
                 # After 1..30 API calls of this run: the first ones come before any commit.

@@ -36,7 +36,7 @@ JOB = "fuzz-job"
 TASK = "worker-0"
 RESTARTED = "modelarts.log.restarted"
 GAP = "modelarts.log.gap"
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
