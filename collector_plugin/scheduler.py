@@ -24,6 +24,7 @@ from collector_plugin.backoff import Backoff
 from collector_plugin.budget import CALL, CallTag, Priority, is_throttle
 from collector_plugin.errors import ApiError
 from collector_plugin.records import Span
+from collector_plugin.slots import MAX_POLLS, PollSlots
 from collector_plugin.source import BadCursor, Reader, Source, SourceConfig, Target, target_revision
 from collector_plugin.telemetry import Metrics
 
@@ -112,6 +113,7 @@ class Scheduler:
         *,
         jitter: bool = True,
         ownership: Ownership | None = None,
+        max_polls: int = MAX_POLLS,
     ) -> None:
         self.sources = sources
         self.ownership = ownership
@@ -123,6 +125,7 @@ class Scheduler:
         self._finished: dict[str, set[str]] = {s.name: set() for s in sources}
         self._listed: dict[str, dict[str, Target]] = {s.name: {} for s in sources}
         self._stop = asyncio.Event()
+        self._slots = PollSlots(max_polls)  # polls reading at once: what waits for the pipeline is bounded
         self.polls_completed = 0
         self._first_data: dict[str, int] = {s.name: 0 for s in sources}  # targets with first records, not yet logged
 
@@ -308,15 +311,17 @@ class Scheduler:
                         reader = self._open(rt, key, state)
                         if reader is None:
                             return  # failed for good: stays listed, visible and counted as failed
-                    CALL.set(state.call_tag(key, started))
-                    async for span in reader.poll(draining=draining):
-                        self._check_lease(key)  # never send what was read after the lease ran out
-                        await self.sink.put(span)
-                        if span.cursor is not None:
-                            state.cursor = span.cursor
-                        self._count(rt.name, state, span)
-                        self._lag(rt.name, key, reader.status.lag_bytes, reader.status.lag_seconds)
-                        produced = produced or bool(span.records)
+                    tag = state.call_tag(key, started)
+                    CALL.set(tag)
+                    async with self._slots.slot(tag):
+                        async for span in reader.poll(draining=draining):
+                            self._check_lease(key)  # never send what was read after the lease ran out
+                            await self.sink.put(span)
+                            if span.cursor is not None:
+                                state.cursor = span.cursor
+                            self._count(rt.name, state, span)
+                            self._lag(rt.name, key, reader.status.lag_bytes, reader.status.lag_seconds)
+                            produced = produced or bool(span.records)
                     state.failures = 0
                 except asyncio.CancelledError:
                     raise
