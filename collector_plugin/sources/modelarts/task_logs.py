@@ -5,10 +5,11 @@ so its content covers bytes ``[full_size - current_size, full_size)``. New bytes
 it while the reader's position lies inside it; a reader further behind (first start with
 ``start_at: beginning``, a long outage) reads the gap from the log's temporary OBS link with one
 ranged request, streamed, yielding a span per :data:`OBS_CHUNK_BYTES`, so memory stays bounded and
-progress is committed as it goes. Once OBS answers, that read goes on to the log's end and the
-preview's bytes are let go: eight logs catching up at once would otherwise each hold 5 MB of
-preview while their gaps go out; what a lagging OBS object lacks comes from the next (immediate)
-preview.
+progress is committed as it goes. A reader that knows where it starts (a committed cursor, or
+``start_at: beginning``) reads from OBS at once and fetches no preview; a live read that finds
+itself behind the preview goes on to the log's end from OBS and lets the preview's bytes go:
+eight logs catching up at once would otherwise each hold 5 MB of preview while their gaps go
+out. What a lagging OBS object lacks comes from the next (immediate) preview.
 
 A reader that has caught up reads what is new with ``Range: bytes=position-`` on the (cached,
 renewed before it expires) link instead of the preview: only the new bytes travel instead of up
