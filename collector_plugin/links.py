@@ -82,7 +82,17 @@ class HttpxLinks:
         await self._client.aclose()
 
 
-class _HttpxAnswer:
+class _Answer:
+    """What both clients' answers share: the whole body, from the chunks each reads its own way."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+
+class _HttpxAnswer(_Answer):
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
 
@@ -99,9 +109,6 @@ class _HttpxAnswer:
                 yield chunk
         except httpx.HTTPError as exc:
             raise AnswerBrokeOff(type(exc).__name__) from None
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
 
 
 class AiohttpLinks:
@@ -163,7 +170,7 @@ class AiohttpLinks:
             self._session = None
 
 
-class _AiohttpAnswer:
+class _AiohttpAnswer(_Answer):
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
@@ -182,9 +189,6 @@ class _AiohttpAnswer:
                 yield chunk
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise AnswerBrokeOff(type(exc).__name__) from None
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
 
 
 def _ssl(verify: bool | str) -> ssl.SSLContext | bool:

@@ -182,12 +182,13 @@ class Scheduler:
         added: list[str] = []
         for key, target in listed.items():
             if key in states:
-                state, before = states[key], states[key].target
+                state, revision = states[key], target_revision(target)
+                changed = revision is not None and revision != target_revision(state.target)
                 state.target = target
                 if not target.active and not state.draining:
                     state.draining = True
                     state.wake.set()
-                elif target_revision(target) is not None and target_revision(target) != target_revision(before):
+                elif changed:
                     state.news = True  # the listing shows a change: poll it now, as likely news
                     state.wake.set()
                 continue

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from collector_plugin.simulator import Simulator
 from collector_plugin.simulator.scenario import now_ms
@@ -34,9 +35,10 @@ from test_bounded import FAST_RETRY, EventLog, MiB, PollStats, events_reader, hu
 Polls = list[tuple[str, PollStats]]
 
 
-async def huge(trace: bool, _: argparse.Namespace) -> Polls:
+async def backlog_then_idle(data: bytes, trace: bool, **options: Any) -> Polls:
+    """A log holding ``data`` read from the beginning: its backlog poll, then an idle one."""
     sims: list[Simulator] = []
-    case = await log_case(sims, huge_lines(8 * MiB, MiB))
+    case = await log_case(sims, data, **options)
     try:
         async with case.client:
             return [
@@ -45,20 +47,15 @@ async def huge(trace: bool, _: argparse.Namespace) -> Polls:
             ]
     finally:
         sims[0].stop()
+
+
+async def huge(trace: bool, _: argparse.Namespace) -> Polls:
+    return await backlog_then_idle(huge_lines(8 * MiB, MiB), trace)
 
 
 async def newlines(trace: bool, args: argparse.Namespace) -> Polls:
-    sims: list[Simulator] = []
     size = int(args.newline_mib * MiB)
-    case = await log_case(sims, b"\n" * size, preview_cap=size - MiB)
-    try:
-        async with case.client:
-            return [
-                ("backlog", await measure(case.reader, case.sim, trace=trace)),
-                ("idle", await measure(case.reader, case.sim, trace=trace)),
-            ]
-    finally:
-        sims[0].stop()
+    return await backlog_then_idle(b"\n" * size, trace, preview_cap=size - MiB)
 
 
 async def one_line(trace: bool, _: argparse.Namespace) -> Polls:

@@ -153,11 +153,8 @@ class TaskLogReader(ByteLogReader):
         if self.assembler is None and not draining and (self.resume is not None or self.config.start_at == "beginning"):
             # Where reading starts is known without the preview: read from OBS first, so a
             # catch-up never fetches (and holds) megabytes of preview it would not use.
-            if self.resume is not None:
-                self.resume_at_cursor(self.resume)
-            else:
-                self.start(0)
-                yield self.empty_span()
+            if (opened := self._open_at(0)) is not None:
+                yield opened
             self._tail_via_obs = True
         if self.assembler is not None and not draining and self._tail_via_obs:
             tailed = False
@@ -169,12 +166,8 @@ class TaskLogReader(ByteLogReader):
             if tailed:
                 return
         size, content, preview_start = await self._preview()
-        if self.assembler is None:
-            if self.resume is not None:
-                self.resume_at_cursor(self.resume)
-            else:
-                self.start(self.first_offset(size, content))
-                yield self.empty_span()
+        if self.assembler is None and (opened := self._open_at(self.first_offset(size, content))) is not None:
+            yield opened
         if size < self.position or self.rewritten(content, preview_start):
             yield self.restarted(size)
         if self.position < preview_start:
@@ -206,6 +199,15 @@ class TaskLogReader(ByteLogReader):
         self._tail_via_obs = self._obs_sizes_known and self.position >= size
         if (completed := self.complete_span(size, draining=draining)) is not None:
             yield completed
+
+    def _open_at(self, first: int) -> Span | None:
+        """Start at the committed cursor, or at ``first``: a fresh start, whose cursor is committed
+        at once (the span returned)."""
+        if self.resume is not None:
+            self.resume_at_cursor(self.resume)
+            return None
+        self.start(first)
+        return self.empty_span()
 
     async def _preview(self) -> tuple[int, bytes, int]:
         """(log size, the preview's bytes, where they start in the log); a preview that is not
