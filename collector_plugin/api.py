@@ -40,10 +40,11 @@ from collector_plugin.mapping import (
     SEV_UNSET,
     SEV_WARN,
     LineMapper,
+    LineRecords,
     line_severity,
     record_uid,
 )
-from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue, Record, Span
+from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue, Record, RecordRun, Span
 from collector_plugin.source import (
     BadCursor,
     Command,
@@ -86,6 +87,7 @@ __all__ = [
     "Line",
     "LineAssembler",
     "LineMapper",
+    "LineRecords",
     "LineSourceConfig",
     "LinkAnswer",
     "LogTimes",
@@ -96,6 +98,7 @@ __all__ = [
     "ReaderStatus",
     "ReceiverError",
     "Record",
+    "RecordRun",
     "ResponseFormatError",
     "Source",
     "SourceConfig",

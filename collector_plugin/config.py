@@ -181,7 +181,10 @@ class ExporterConfig(_Strict):
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     endpoint: str = ""
     headers: dict[str, str] = {}
-    compression: Literal["gzip", "none"] = "gzip"
+    compression: Literal["auto", "gzip", "none"] = Field(
+        default="auto",
+        description="auto: none for a collector on this host (a sidecar's loopback), gzip for one across a network.",
+    )
     timeout: Duration = 10.0
     tls: TlsConfig = TlsConfig()
     batch: BatchConfig = BatchConfig()

@@ -119,5 +119,19 @@ class LogTimes:
             return self._ranges[0][2] if self._ranges else default
         return self._ranges[i][2]
 
+    def steps(self, lo: int, hi: int, default: int) -> list[tuple[int, int]]:
+        """:meth:`at` over positions ``lo..hi`` as change points: ``[(lo, at(lo)), (start, time) ...]``.
+
+        A span's lines take their times from this snapshot in one walk instead of a search per
+        line; later stamps never change the time of a position already stamped.
+        """
+        out = [(lo, self.at(lo, default))]
+        i = bisect.bisect_right(self._starts, lo)
+        starts, ranges = self._starts, self._ranges
+        while i < len(starts) and starts[i] <= hi:
+            out.append((starts[i], ranges[i][2]))
+            i += 1
+        return out
+
 
 __all__ = ["MAX_RANGES", "JournalBackend", "LogTimes", "MemoryJournal", "ReadJournal"]

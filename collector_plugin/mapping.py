@@ -7,12 +7,19 @@ records carry (ModelArts events, service updates) lives with its sources.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
-from collections.abc import Mapping
+from binascii import hexlify
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, overload
 from urllib.parse import unquote
 
-from collector_plugin.records import Attributes, AttrValue, Record
+from collector_plugin.records import Attributes, AttrValue, Record, RecordRun
+
+if TYPE_CHECKING:
+    from collector_plugin.lines import Line
+    from collector_plugin.otlp import LineFields
 
 # OpenTelemetry severity numbers (logs data model).
 SEV_UNSET, SEV_DEBUG, SEV_INFO, SEV_WARN, SEV_ERROR, SEV_FATAL = 0, 5, 9, 13, 17, 21
@@ -95,6 +102,7 @@ class LineMapper:
         "_a_offset",
         "_a_partial",
         "_a_progress",
+        "_fields",
         "_last_severity",
         "_uid_prefix",
         "prefix",
@@ -120,6 +128,23 @@ class LineMapper:
         self._last_severity = (SEV_UNSET, "")
         # record_uid(scope, source, target, offset) with the constant part joined once (hot path)
         self._uid_prefix = "\x1f".join((scope, source, target, "")).encode("utf-8", "surrogatepass")
+        self._fields: LineFields | None = None  # made on first use: most mappers never encode lines
+
+    def lines(self, lines: Sequence[Line], steps: Sequence[tuple[int, int]]) -> LineRecords:
+        """The records of ``lines`` (in log order), observed at the times ``steps`` gives their
+        offsets (change points, see ``LogTimes.steps``): those :meth:`record` would build."""
+        before = self._last_severity
+        for line in reversed(lines):
+            if not line[2]:  # the severity a continued piece after these lines inherits
+                self._last_severity = line_severity(line[0])
+                break
+        if self._fields is None:
+            from collector_plugin.otlp import LineFields  # on first use: `validate` loads no encoder
+
+            self._fields = LineFields(
+                self.shared, self._a_offset, (self._a_continued, self._a_partial, self._a_progress)
+            )
+        return LineRecords(self, lines, steps, before)
 
     def record(
         self,
@@ -140,6 +165,18 @@ class LineMapper:
             severity = self._last_severity
         else:
             severity = self._last_severity = line_severity(text)
+        return self._line(text, offset, observed_ns, severity, continued, partial, progress)
+
+    def _line(
+        self,
+        text: str,
+        offset: int,
+        observed_ns: int,
+        severity: tuple[int, str],
+        continued: bool,
+        partial: bool,
+        progress: bool,
+    ) -> Record:
         attributes: dict[str, AttrValue] = {self._a_offset: offset}
         if continued:
             attributes[self._a_continued] = True
@@ -241,3 +278,139 @@ class LineMapper:
             attributes=attributes,
             resource=self.resource,
         )
+
+
+_NO_STEP = 1 << 64
+
+
+class LineRecords(RecordRun):
+    """The records of a span's log lines, kept as the lines: encoded in one pass, built on demand.
+
+    Made by :meth:`LineMapper.lines`. :meth:`framed` writes each line's record straight into
+    OTLP bytes (the same bytes :meth:`LineMapper.record` and ``encode_framed_log_record`` would
+    give, a property test checks); reading the run as a sequence builds those ``Record`` objects.
+    """
+
+    __slots__ = ("_before", "_lines", "_mapper", "_steps")
+
+    def __init__(
+        self, mapper: LineMapper, lines: Sequence[Line], steps: Sequence[tuple[int, int]], before: tuple[int, str]
+    ) -> None:
+        self._mapper = mapper
+        self._lines = lines
+        self._steps = steps
+        self._before = before  # the severity a continued first line inherits
+
+    @property
+    def resource(self) -> Attributes:
+        return self._mapper.resource
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def _time(self, offset: int) -> int:
+        steps = self._steps
+        return steps[max(0, bisect.bisect_right(steps, (offset, _NO_STEP)) - 1)][1]
+
+    def _severity(self, index: int) -> tuple[int, str]:
+        lines = self._lines
+        while index >= 0:
+            if not lines[index][2]:
+                return line_severity(lines[index][0])
+            index -= 1
+        return self._before
+
+    def _record(self, line: Line, severity: tuple[int, str]) -> Record:
+        text, offset, continued, partial, progress = line[:5]
+        return self._mapper._line(text, offset, self._time(offset), severity, continued, partial, progress)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Record]: ...
+    def __getitem__(self, index: int | slice) -> Record | list[Record]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self._lines)
+        line = self._lines[index]
+        return self._record(line, self._severity(index))
+
+    def __iter__(self) -> Iterator[Record]:
+        severity = self._before
+        for line in self._lines:
+            if not line[2]:
+                severity = line_severity(line[0])
+            yield self._record(line, severity)
+
+    def framed(self) -> list[bytes]:
+        from collector_plugin.otlp import (
+            BODY_PREFIX,
+            FRAME_HEADER,
+            VARINT_LOW14,
+            VARINT_TABLE,
+            frame_header,
+            observed_field,
+            severity_fields,
+            string_body_prefix,
+            varint,
+        )
+
+        mapper = self._mapper
+        fields = mapper._fields
+        assert fields is not None
+        shared, offset_prefix, flag_fields, uid_header = (
+            fields.shared,
+            fields.offset_prefix,
+            fields.flags,
+            fields.UID_32,
+        )
+        fixed = len(shared) + len(uid_header) + 32
+        body_prefix, frame, frames = BODY_PREFIX, FRAME_HEADER, len(FRAME_HEADER)
+        varint_table, varint_low14 = VARINT_TABLE, VARINT_LOW14
+        uid_prefix, blake2b = mapper._uid_prefix, hashlib.blake2b
+        steps = self._steps
+        step = 0
+        low, nxt = steps[0][0], steps[1][0] if len(steps) > 1 else _NO_STEP
+        observed = observed_field(steps[0][1])
+        severity = severity_fields(*self._before)
+        out: list[bytes] = []
+        append = out.append
+        for text, offset, continued, partial, progress, _start, _end in self._lines:
+            if not low <= offset < nxt:  # a new read time (lines come in offset order: rarely a search)
+                step = max(0, bisect.bisect_right(steps, (offset, _NO_STEP)) - 1)
+                low, nxt = steps[step][0], steps[step + 1][0] if step + 1 < len(steps) else _NO_STEP
+                observed = observed_field(steps[step][1])
+            if not continued:
+                severity = severity_fields(*line_severity(text))
+            body = text.encode("utf-8", "replace")
+            n = len(body)
+            head = body_prefix[n] if n < 126 else string_body_prefix(n)
+            if offset < 16_384:
+                ob, ob_hi = varint_table[offset], b""
+            elif offset < 268_435_456:  # 256 MiB: the low 14 bits from one table, the rest from the other
+                ob, ob_hi = varint_low14[offset & 0x3FFF], varint_table[offset >> 14]
+            else:
+                ob, ob_hi = varint(offset), b""
+            at = offset_prefix[len(ob) + len(ob_hi)]
+            flags = flag_fields[continued | partial << 1 | progress << 2]
+            size = fixed + n + len(head) + len(severity) + len(at) + len(ob) + len(ob_hi) + len(flags) + len(observed)
+            append(
+                b"".join(
+                    (
+                        frame[size] if size < frames else frame_header(size),
+                        severity,
+                        head,
+                        body,
+                        shared,
+                        at,
+                        ob,
+                        ob_hi,
+                        flags,
+                        uid_header,
+                        hexlify(blake2b(uid_prefix + b"%d" % offset, digest_size=16).digest()),
+                        observed,
+                    )
+                )
+            )
+        return out

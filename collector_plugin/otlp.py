@@ -256,6 +256,74 @@ def _encode_into(buf: bytearray, record: Record) -> None:
         buf += _cached_len_field(_EVENT_NAME, b"\x62", record.event_name)
 
 
+class LineFields:
+    """The wire pieces of one log target's line records, made once: see ``mapping.LineRecords``.
+
+    A line record is severity, a string body, the target's shared attributes, an int offset
+    attribute, up to three ``True`` flag attributes, the uid and the observed time, in the order
+    :func:`encode_framed_log_record` writes them; the line path joins these pieces with the
+    line's own bytes in one step instead of building a :class:`Record` and encoding it.
+    """
+
+    __slots__ = ("flags", "offset_prefix", "shared")
+
+    UID_32 = _UID_PREFIX[32]  # a 32-character (hex) uid's field header
+
+    def __init__(self, shared: Attributes, offset_key: str, flag_keys: tuple[str, str, str]) -> None:
+        self.shared = shared.encoded(_log_attributes) if shared.items else b""
+        # the offset's field, key and value headers, by the length of its varint
+        self.offset_prefix = tuple(int_attribute_prefix(offset_key, n) for n in range(11))
+        flag = [_len_field(b"\x32", encode_key_value(k, True)) for k in flag_keys]
+        # by continued | partial << 1 | progress << 2
+        self.flags = tuple(b"".join(f for bit, f in enumerate(flag) if i >> bit & 1) for i in range(8))
+
+
+def int_attribute_prefix(key: str, n: int) -> bytes:
+    """Field 6, ``KeyValue.key`` and the ``AnyValue`` header of a non-negative int whose varint is ``n`` bytes."""
+    kb = _key_bytes(key)
+    return b"\x32" + varint(len(kb) + n + 3) + kb + bytes((0x12, n + 1, 0x18))
+
+
+_SEVERITY_FIELDS: dict[tuple[int, str], bytes] = {}
+
+
+def severity_fields(number: int, text: str) -> bytes:
+    """``severity_number`` and ``severity_text`` as written for a record with these (cached)."""
+    out = _SEVERITY_FIELDS.get((number, text))
+    if out is None:
+        out = (b"\x10" + varint(number & _U64) if number else b"") + (
+            _len_field(b"\x1a", text.encode("utf-8", "replace")) if text else b""
+        )
+        if len(_SEVERITY_FIELDS) < _STRING_CACHE_MAX:
+            _SEVERITY_FIELDS[(number, text)] = out
+    return out
+
+
+def string_body_prefix(n: int) -> bytes:
+    """The ``body`` field's headers for a string of ``n`` UTF-8 bytes."""
+    if n < 126:
+        return _BODY_PREFIX[n]
+    inner = b"\x0a" + varint(n)
+    return b"\x2a" + varint(len(inner) + n) + inner
+
+
+def observed_field(time_ns: int) -> bytes:
+    """``observed_time_unix_nano`` (nothing for 0, as for a record)."""
+    return _pack_tag_fixed64(0x59, time_ns & _U64) if time_ns else b""
+
+
+VARINT_TABLE = _VARINT_TABLE
+# The first two bytes of the varint of any value >= 2**14, by its low 14 bits (continuation set).
+VARINT_LOW14 = tuple(bytes(((k & 0x7F) | 0x80, (k >> 7) | 0x80)) for k in range(1 << 14))
+FRAME_HEADER = tuple(b"\x12" + _VARINT_TABLE[n] for n in range(_TABLE_LIMIT))
+BODY_PREFIX = _BODY_PREFIX
+
+
+def frame_header(n: int) -> bytes:
+    """The ``ScopeLogs.log_records`` field header of an ``n``-byte record."""
+    return b"\x12" + (_VARINT_TABLE[n] if n < _TABLE_LIMIT else _varint_slow(n))
+
+
 def encode_log_record(record: Record) -> bytes:
     """Encode one ``LogRecord`` message body; ``record.uid`` becomes ``log.record.uid``."""
     buf = bytearray()

@@ -27,6 +27,7 @@ from collector_plugin.export import (
     QueuedSpan,
     RetryableExportError,
     build_pipeline,
+    is_local_endpoint,
     make_transport,
     parse_headers,
     resolve_exporter,
@@ -60,10 +61,36 @@ def test_defaults_without_config_or_environment() -> None:
     settings = resolve_exporter(ExporterConfig(), {})
     assert settings.protocol == "grpc"
     assert settings.endpoint == "http://localhost:4317"
-    assert settings.compression == "gzip"
+    assert settings.compression == "none"  # auto: the default collector is this host's sidecar
     assert settings.timeout == 10.0
     http = resolve_exporter(ExporterConfig(protocol="http/protobuf"), {})
     assert http.endpoint == "http://localhost:4318/v1/logs"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("http://localhost:4318/v1/logs", True),
+        ("localhost:4317", True),
+        ("http://127.0.0.1:4318", True),
+        ("127.9.9.9:4317", True),
+        ("http://[::1]:4318/v1/logs", True),
+        ("https://otel.localhost:4318", True),
+        ("http://collector:4318", False),
+        ("otel-collector.observability.svc:4317", False),
+        ("https://10.0.0.7:4318", False),
+        ("http://[2001:db8::1]:4318", False),
+        ("http://localhost.example.com:4318", False),
+    ],
+)
+def test_compression_auto_sends_plainly_to_this_host_and_gzips_across_a_network(endpoint: str, local: bool) -> None:
+    assert is_local_endpoint(endpoint) is local
+    settings = resolve_exporter(ExporterConfig(endpoint=endpoint), {})
+    assert settings.compression == ("none" if local else "gzip")
+    # an explicit choice and the standard variable win over auto
+    assert resolve_exporter(ExporterConfig(endpoint=endpoint, compression="gzip"), {}).compression == "gzip"
+    env = {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip" if local else "none"}
+    assert resolve_exporter(ExporterConfig(endpoint=endpoint), env).compression == env["OTEL_EXPORTER_OTLP_COMPRESSION"]
 
 
 def test_standard_variables_apply_when_config_is_silent() -> None:

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector_plugin.http import ApiClient
+from collector_plugin.journal import LogTimes, MemoryJournal
+from collector_plugin.lines import Line
 from collector_plugin.logs import REDACTED
 from collector_plugin.mapping import (
     _LINE_LEVELS,
@@ -17,6 +19,7 @@ from collector_plugin.mapping import (
     record_uid,
     resource_attributes,
 )
+from collector_plugin.otlp import encode_framed_log_record
 from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, AttrValue
 from collector_plugin.source import Connection, SourceContext
 from collector_plugin.sources.modelarts.client import SERVICE_INFERENCE, SERVICE_TRAINING, modelarts_resource
@@ -254,3 +257,98 @@ def test_complete_record_says_complete_only_when_read_to_the_size_without_gaps(
     other = mapper.complete(size=size, position=0, observed_ns=observed + 1, **{**counts, "gaps": gaps + 1})
     assert other.uid == record.uid
     assert mapper.complete(size=(size or 0) + 1, position=position, observed_ns=observed, **counts).uid != record.uid
+
+
+# --- the line path: LineRecords encodes what LineMapper.record and the generic encoder would ---
+
+_TEXT = st.lists(
+    st.text(st.characters(codec="utf-8"), max_size=60)
+    | st.sampled_from(["INFO", "ERROR ", "xWARN", "\ud800", "é" * 70]),
+    max_size=6,
+).map("".join)
+
+
+@st.composite
+def _line_runs(draw: st.DrawFn) -> tuple[list[Line], list[tuple[int, int, int]], tuple[int, str]]:
+    """Lines in offset order (as an assembler emits them) and the read-time ranges stamped for them."""
+    offset = draw(st.integers(0, 1 << 40))
+    lines: list[Line] = []
+    for _ in range(draw(st.integers(0, 12))):
+        offset += draw(st.sampled_from([0, 1, 127, 128, 16_383, 16_384, 1 << 21, 1 << 28, 1 << 35]))
+        flags = draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
+        lines.append(Line(draw(_TEXT), offset, *flags))
+    ranges: list[tuple[int, int, int]] = []
+    start = draw(st.integers(0, 1 << 41))
+    for _ in range(draw(st.integers(0, 5))):
+        end = start + draw(st.integers(1, 1 << 36))
+        ranges.append((start, end, draw(st.integers(0, 1 << 63))))
+        start = end + draw(st.sampled_from([0, 0, 5]))
+    before = draw(st.sampled_from([(0, ""), (9, "INFO"), (17, "ERROR")]))
+    return lines, ranges, before
+
+
+def _line_mapper(shared: Attributes) -> LineMapper:
+    return LineMapper(
+        scope="p",
+        source="s",
+        target="job/worker-0",
+        shared=shared,
+        resource=Attributes({"a": "b"}.items()),
+        prefix="modelarts.log",
+    )
+
+
+@given(
+    _line_runs(),
+    st.sampled_from(
+        [EMPTY_ATTRIBUTES, task_log_attributes("job", "worker-0", "name"), Attributes({"k" * 200: "v"}.items())]
+    ),
+)
+def test_line_records_encode_and_read_as_the_records_one_by_one_would(
+    run: tuple[list[Line], list[tuple[int, int, int]], tuple[int, str]], shared: Attributes
+) -> None:
+    lines, ranges, before = run
+    default = 123_456_789
+    times = LogTimes(MemoryJournal(), "k", ranges)
+    one_by_one, fused = _line_mapper(shared), _line_mapper(shared)
+    one_by_one._last_severity = fused._last_severity = before
+    expected = [
+        one_by_one.record(
+            ln.text,
+            ln.offset,
+            times.at(ln.offset, default),
+            continued=ln.continued,
+            partial=ln.partial,
+            progress=ln.progress,
+        )
+        for ln in lines
+    ]
+    steps = times.steps(lines[0].offset, lines[-1].offset, default) if lines else [(0, default)]
+    records = fused.lines(lines, steps)
+
+    assert records.framed() == [encode_framed_log_record(r) for r in expected]
+    assert list(records) == expected
+    assert [records[i] for i in range(-len(lines), len(lines))] == expected + expected
+    assert records[1:3] == expected[1:3]
+    assert len(records) == len(expected) and records.resource is fused.resource
+    assert fused._last_severity == one_by_one._last_severity  # what a continued piece in the next span inherits
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 1000), st.integers(1, 50), st.integers(0, 10**9)), max_size=8),
+    st.integers(0, 1200),
+    st.integers(0, 400),
+)
+def test_log_times_steps_give_the_time_at_gives_every_position(
+    pieces: list[tuple[int, int, int]], lo: int, width: int
+) -> None:
+    ranges, start = [], 0
+    for gap, size, time_ns in pieces:
+        start += gap
+        ranges.append((start, start + size, time_ns))
+        start += size
+    times = LogTimes(MemoryJournal(), "k", ranges)
+    steps = times.steps(lo, lo + width, -1)
+    assert [p for p, _ in steps] == sorted({p for p, _ in steps}) and steps[0][0] == lo
+    for position in range(lo, lo + width + 1):
+        assert [t for p, t in steps if p <= position][-1] == times.at(position, -1)

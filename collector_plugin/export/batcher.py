@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collector_plugin.config import BatchConfig
-from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, Span
+from collector_plugin.records import EMPTY_ATTRIBUTES, Attributes, RecordRun, Span
 
 # Framing bytes per request beyond the records themselves (resource/scope headers are added apart).
 REQUEST_OVERHEAD = 64
@@ -31,9 +31,12 @@ class QueuedSpan:
         self.ident = ident  # its id in the ack ledger
         self.target = span.target
         self.framed = framed
-        first = records[0].resource if records else EMPTY_ATTRIBUTES
-        # One resource per span is the rule; a per-record list only for the rare mixed span.
-        same = all(r.resource is first or r.resource == first for r in records)
+        if isinstance(records, RecordRun):
+            first, same = records.resource, True
+        else:
+            first = records[0].resource if records else EMPTY_ATTRIBUTES
+            # One resource per span is the rule; a per-record list only for the rare mixed span.
+            same = all(r.resource is first or r.resource == first for r in records)
         self.resource: Attributes | None = first if same else None
         self.resources: list[Attributes] = [] if same else [r.resource for r in records]
         self.nbytes = sum(map(len, framed))

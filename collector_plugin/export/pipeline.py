@@ -40,7 +40,7 @@ from collector_plugin.export.ledger import AckLedger, split_parts
 from collector_plugin.export.settings import resolve_exporter
 from collector_plugin.export.transports import RetryableExportError, Transport, make_transport
 from collector_plugin.otlp import SCOPE_NAME, OtlpEncoder, encode_framed_log_record, uid_of_framed
-from collector_plugin.records import Attributes, Span
+from collector_plugin.records import Attributes, RecordRun, Span
 from collector_plugin.telemetry import Metrics
 
 log = logging.getLogger("collector_plugin.export")
@@ -110,7 +110,9 @@ class Pipeline:
             raise RuntimeError("pipeline is closed")
         if self._batch_task is None:
             raise RuntimeError("pipeline not started")
-        queued = QueuedSpan(span, [encode_framed_log_record(r) for r in span.records], -1)
+        records = span.records
+        framed = records.framed() if isinstance(records, RecordRun) else [encode_framed_log_record(r) for r in records]
+        queued = QueuedSpan(span, framed, -1)
         n = len(queued.framed)
         if n:
             await self._wait_for_room(n, queued.nbytes)

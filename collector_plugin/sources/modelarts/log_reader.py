@@ -22,9 +22,9 @@ from collector_plugin.api import (
     Line,
     LineAssembler,
     LineMapper,
+    LineRecords,
     LineSourceConfig,
     ReaderStatus,
-    Record,
     SourceContext,
     Span,
 )
@@ -213,16 +213,11 @@ class ByteLogReader:
             yield Span(self.key, self._records(lines, now), self.cursor(), size)
             start = end
 
-    def _records(self, lines: list[Line], now: int) -> list[Record]:
-        record, at = self.mapper.record, self.times.at
+    def _records(self, lines: list[Line], now: int) -> LineRecords:
         if self.counts is not None:
             self.counts.records += len(lines)
-        return [
-            record(
-                ln.text, ln.offset, at(ln.offset, now), continued=ln.continued, partial=ln.partial, progress=ln.progress
-            )
-            for ln in lines
-        ]
+        steps = self.times.steps(lines[0].offset, lines[-1].offset, now) if lines else [(0, now)]
+        return self.mapper.lines(lines, steps)
 
     def empty_span(self) -> Span:
         """A span that only commits the cursor (where a first read starts)."""
@@ -247,7 +242,7 @@ class ByteLogReader:
         asm = self.assembler
         assert asm is not None
         now = self.context.clock_ns()
-        records = self._records(asm.flush(final=True), now)
+        records = list(self._records(asm.flush(final=True), now))
         seen_at = self.times.at(max(0, asm.end_offset - 1), now)
         records.append(self.mapper.restarted(size=size, cursor=asm.end_offset, observed_ns=seen_at))
         self.epoch += 1
@@ -271,7 +266,7 @@ class ByteLogReader:
         asm = self.assembler
         assert asm is not None
         now = self.context.clock_ns()
-        records = self._records(asm.flush(final=True), now)
+        records = list(self._records(asm.flush(final=True), now))
         start = asm.end_offset
         self.times.stamp(start, end, now)
         records.append(self.mapper.gap(start=start, end=end, reason=reason, observed_ns=self.times.at(start, now)))
