@@ -281,6 +281,7 @@ class LineMapper:
 
 
 _NO_STEP = 1 << 64
+_TOKEN_FIELDS: dict[str, bytes] = {}  # a level token's severity fields, encoded (filled on first use)
 
 
 class LineRecords(RecordRun):
@@ -345,17 +346,18 @@ class LineRecords(RecordRun):
 
     def framed(self) -> list[bytes]:
         from collector_plugin.otlp import (
-            BODY_PREFIX,
             FRAME_HEADER,
             VARINT_LOW14,
             VARINT_TABLE,
+            body_prefix,
             frame_header,
             observed_field,
             severity_fields,
-            string_body_prefix,
             varint,
         )
 
+        if not _TOKEN_FIELDS:
+            _TOKEN_FIELDS.update({token: severity_fields(number, token) for token, number in _LINE_LEVELS.items()})
         mapper = self._mapper
         fields = mapper._fields
         assert fields is not None
@@ -366,9 +368,10 @@ class LineRecords(RecordRun):
             fields.UID_32,
         )
         fixed = len(shared) + len(uid_header) + 32
-        body_prefix, frame, frames = BODY_PREFIX, FRAME_HEADER, len(FRAME_HEADER)
+        frame, frames = FRAME_HEADER, len(FRAME_HEADER)
         varint_table, varint_low14 = VARINT_TABLE, VARINT_LOW14
-        uid_prefix, blake2b = mapper._uid_prefix, hashlib.blake2b
+        uid_base = hashlib.blake2b(mapper._uid_prefix, digest_size=16)  # copied per line: the prefix is hashed once
+        search, word, token_fields, unset = _LEVEL_TOKEN.search, _WORD_CHARS, _TOKEN_FIELDS, b""
         steps = self._steps
         step = 0
         low, nxt = steps[0][0], steps[1][0] if len(steps) > 1 else _NO_STEP
@@ -381,11 +384,19 @@ class LineRecords(RecordRun):
                 step = max(0, bisect.bisect_right(steps, (offset, _NO_STEP)) - 1)
                 low, nxt = steps[step][0], steps[step + 1][0] if step + 1 < len(steps) else _NO_STEP
                 observed = observed_field(steps[step][1])
-            if not continued:
-                severity = severity_fields(*line_severity(text))
+            if not continued:  # line_severity, inlined for its common outcomes
+                match = search(text, 0, _LEVEL_SCAN)
+                if match is None:
+                    severity = unset
+                else:
+                    start = match.start()
+                    if start == 0 or text[start - 1] not in word:
+                        severity = token_fields[match[1]]
+                    else:
+                        severity = severity_fields(*line_severity(text))
             body = text.encode("utf-8", "replace")
             n = len(body)
-            head = body_prefix[n] if n < 126 else string_body_prefix(n)
+            head = body_prefix(n)
             if offset < 16_384:
                 ob, ob_hi = varint_table[offset], b""
             elif offset < 268_435_456:  # 256 MiB: the low 14 bits from one table, the rest from the other
@@ -394,6 +405,8 @@ class LineRecords(RecordRun):
                 ob, ob_hi = varint(offset), b""
             at = offset_prefix[len(ob) + len(ob_hi)]
             flags = flag_fields[continued | partial << 1 | progress << 2]
+            uid = uid_base.copy()
+            uid.update(b"%d" % offset)
             size = fixed + n + len(head) + len(severity) + len(at) + len(ob) + len(ob_hi) + len(flags) + len(observed)
             append(
                 b"".join(
@@ -408,7 +421,7 @@ class LineRecords(RecordRun):
                         ob_hi,
                         flags,
                         uid_header,
-                        hexlify(blake2b(uid_prefix + b"%d" % offset, digest_size=16).digest()),
+                        hexlify(uid.digest()),
                         observed,
                     )
                 )

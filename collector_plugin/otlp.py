@@ -299,12 +299,18 @@ def severity_fields(number: int, text: str) -> bytes:
     return out
 
 
-def string_body_prefix(n: int) -> bytes:
-    """The ``body`` field's headers for a string of ``n`` UTF-8 bytes."""
-    if n < 126:
-        return _BODY_PREFIX[n]
+def _body_prefix(n: int) -> bytes:
     inner = b"\x0a" + varint(n)
     return b"\x2a" + varint(len(inner) + n) + inner
+
+
+# Bodies of up to 4 KiB (nearly all lines) take their headers from a table.
+_BODY_PREFIXES = tuple(_body_prefix(n) for n in range(4096))
+
+
+def body_prefix(n: int) -> bytes:
+    """The ``body`` field's headers for a string of ``n`` UTF-8 bytes."""
+    return _BODY_PREFIXES[n] if n < 4096 else _body_prefix(n)
 
 
 def observed_field(time_ns: int) -> bytes:
@@ -316,7 +322,6 @@ VARINT_TABLE = _VARINT_TABLE
 # The first two bytes of the varint of any value >= 2**14, by its low 14 bits (continuation set).
 VARINT_LOW14 = tuple(bytes(((k & 0x7F) | 0x80, (k >> 7) | 0x80)) for k in range(1 << 14))
 FRAME_HEADER = tuple(b"\x12" + _VARINT_TABLE[n] for n in range(_TABLE_LIMIT))
-BODY_PREFIX = _BODY_PREFIX
 
 
 def frame_header(n: int) -> bytes:

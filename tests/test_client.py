@@ -189,3 +189,14 @@ async def test_error_message_fields_tolerated() -> None:
         with pytest.raises(ApiError) as info:
             await c.request_json("GET", "/x", endpoint="/x")
     assert info.value.error_msg == "bad offset" and info.value.error_code == "ModelArts.0105"
+
+
+async def test_an_api_answer_leaves_no_reference_cycle_holding_it() -> None:
+    from tests.test_export import httpx_garbage_after
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"content": "x" * 100_000, "full_size": 100_000})
+
+    async with ModelArtsClient.connect("http://api.test", "p", transport=httpx.MockTransport(handler)) as c:
+        await c.request_json("GET", "/x", endpoint="/x")
+        assert await httpx_garbage_after(lambda: c.request_json("GET", "/x", endpoint="/x"))() == []

@@ -14,6 +14,7 @@ import httpx
 from collector_plugin.backoff import parse_retry_after
 from collector_plugin.errors import ConfigError, ExportError, ReceiverError
 from collector_plugin.export.settings import ExporterSettings, safe_url
+from collector_plugin.http import released
 
 GRPC_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
@@ -105,7 +106,7 @@ class HttpTransport:
         else:  # zlib releases the GIL: large bodies compress on another core, off the event loop
             body = await asyncio.to_thread(gzip_compress, payload)
         try:
-            response = await self._client.post(self.url, content=body, headers=self._headers)
+            response = released(await self._client.post(self.url, content=body, headers=self._headers))
         except httpx.TimeoutException as exc:
             raise RetryableExportError("timeout", type(exc).__name__) from exc
         except httpx.TransportError as exc:
