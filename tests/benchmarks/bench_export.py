@@ -31,6 +31,8 @@ from rotel_harness import RotelCollector
 
 from collector_plugin.config import BatchConfig, ExporterConfig
 from collector_plugin.export import ExporterSettings, Pipeline, make_transport
+from collector_plugin.lines import Line
+from collector_plugin.mapping import LineMapper
 from collector_plugin.records import Attributes, Record, Span
 from collector_plugin.telemetry import Metrics
 from collector_plugin.testing import MemoryCheckpointStore
@@ -65,7 +67,9 @@ def bodies(n: int) -> list[str]:
     return [(base.format(i) + "x" * 120)[:120] for i in range(n)]
 
 
-async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Result:
+async def run_ours(n: int, settings: ExporterSettings, lines: list[str], *, line_path: bool = False) -> Result:
+    """Our pipeline, records built one by one (``Record``), or as the task log readers make them
+    (``line_path``: ``LineMapper.lines`` over ``Line`` tuples, encoded in one pass)."""
     metrics = Metrics()
     cfg = ExporterConfig()
     resource = Attributes(RESOURCE.items())
@@ -86,7 +90,14 @@ async def run_ours(n: int, settings: ExporterSettings, lines: list[str]) -> Resu
     now = time.time_ns()
     wall, cpu = time.perf_counter(), time.process_time()
     offset = 0
+    mapper = LineMapper(
+        scope="bench", source="training_task_logs", target="bench/worker-0", shared=shared, resource=resource
+    )
     for start in range(0, n, SPAN_SIZE):
+        if line_path:
+            span_lines = [Line(lines[i], i * 121) for i in range(start, min(n, start + SPAN_SIZE))]
+            await pipeline.put(Span("bench/worker-0", mapper.lines(span_lines, [(0, now)]), str(start)))
+            continue
         records = [
             Record(
                 body=lines[i],
@@ -192,8 +203,8 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         nargs="*",
-        default=["http", "http-gzip", "grpc", "grpc-plain", "sdk"],
-        help="any of: http http-gzip grpc grpc-plain sdk",
+        default=["http", "http-lines", "http-gzip", "grpc", "grpc-plain", "sdk"],
+        help="any of: http http-lines http-gzip grpc grpc-plain sdk",
     )
     parser.add_argument(
         "--catch-up-mib",
@@ -228,6 +239,14 @@ def main() -> None:
                 "http": lambda: asyncio.run(
                     run_ours(n, ExporterSettings("http/protobuf", collector.http_endpoint, compression="none"), lines)
                 ),
+                "http-lines": lambda: asyncio.run(
+                    run_ours(
+                        n,
+                        ExporterSettings("http/protobuf", collector.http_endpoint, compression="none"),
+                        lines,
+                        line_path=True,
+                    )
+                ),
                 "http-gzip": lambda: asyncio.run(
                     run_ours(n, ExporterSettings("http/protobuf", collector.http_endpoint, compression="gzip"), lines)
                 ),
@@ -241,6 +260,7 @@ def main() -> None:
             }
             labels = {
                 "http": "ours  HTTP/protobuf, no compression",
+                "http-lines": "ours  HTTP/protobuf, no compression, line path",
                 "http-gzip": "ours  HTTP/protobuf, gzip 1",
                 "grpc": "ours  gRPC, gzip 1",
                 "grpc-plain": "ours  gRPC, no compression",
