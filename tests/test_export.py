@@ -859,6 +859,7 @@ def test_batches_cover_the_queue_in_order_within_count_and_bytes(
     for q in queued:
         batcher.add(q, 0.0)
     taken: list[tuple[int, int]] = []
+    batches: list[tuple[int, int]] = []  # (records, payload bytes)
     while (batch := batcher.take(0.0)) is not None:
         records = [(s.ident, i) for s, start, stop in batch.slices for i in range(start, stop)]
         payload = sum(len(s.framed[i]) for s, start, stop in batch.slices for i in range(start, stop))
@@ -866,8 +867,15 @@ def test_batches_cover_the_queue_in_order_within_count_and_bytes(
         assert batch.nbytes == payload
         assert len(records) == 1 or payload + header + REQUEST_OVERHEAD <= max_bytes
         taken.extend(records)
+        batches.append((len(records), payload))
     assert taken == [(q.ident, i) for q in queued for i in range(len(q.framed))]
     assert not batcher
+    # each batch is as full as the limits allow: the record after it would not have fitted
+    sizes_in_order = [n for lens in sizes for n in lens]
+    first = 0
+    for count, payload in batches[:-1]:
+        first += count
+        assert count == max_records or payload + sizes_in_order[first] + header + REQUEST_OVERHEAD > max_bytes
 
 
 def httpx_garbage_after(run: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[list[str]]]:

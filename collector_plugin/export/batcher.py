@@ -24,7 +24,7 @@ class QueuedSpan:
     full 16 MiB queue held ~11 MB of uid strings) and GC time down.
     """
 
-    __slots__ = ("framed", "ident", "nbytes", "resource", "resources", "sent", "target")
+    __slots__ = ("framed", "ident", "nbytes", "resource", "resources", "sent", "sent_bytes", "target")
 
     def __init__(self, span: Span, framed: list[bytes], ident: int) -> None:
         records = span.records
@@ -40,7 +40,8 @@ class QueuedSpan:
         self.resource: Attributes | None = first if same else None
         self.resources: list[Attributes] = [] if same else [r.resource for r in records]
         self.nbytes = sum(map(len, framed))
-        self.sent = 0
+        self.sent = 0  # records handed to batches so far
+        self.sent_bytes = 0  # and their bytes
 
 
 Slice = tuple[QueuedSpan, int, int]
@@ -118,6 +119,10 @@ class Batcher:
             limit = min(len(framed), start + self._max_records - count)
             if span.resource is not None:
                 budget -= self._new_header(span.resource, resources)
+                rest = span.nbytes - span.sent_bytes
+                if limit == len(framed) and rest <= budget:
+                    stop = limit  # the rest of the span fits: no need to weigh record by record
+                    budget -= rest
             while stop < limit:
                 size = len(framed[stop])
                 if span.resource is None:
@@ -127,13 +132,14 @@ class Batcher:
                 budget -= size
                 stop += 1
             if stop > start:
-                size = sum(map(len, framed[start:stop]))
+                size = span.nbytes - span.sent_bytes if stop == len(framed) else sum(map(len, framed[start:stop]))
                 slices.append((span, start, stop))
                 count += stop - start
                 nbytes += size
                 self._records -= stop - start
                 self._bytes -= size
                 span.sent = stop
+                span.sent_bytes += size
             if stop < len(framed):
                 break
             pending.popleft()
