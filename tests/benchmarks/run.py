@@ -616,6 +616,13 @@ def print_throughput(r: dict[str, Any]) -> None:
     lost = f"{o['lost']} lost"
     print(f"- target >= 60,000 records/s on one core: {verdict(o['records_per_s'] >= 60_000, rate)}")
     print(f"- target zero lost: {verdict(o['lost'] == 0, lost)}")
+    naive_cpu = n["cpu_seconds"] / max(1, n["unique"]) * 1e6
+    less = naive_cpu / o["cpu_s_per_million"] if o["cpu_s_per_million"] else float("inf")
+    per_cpu = o["records_per_cpu_s"] or 0
+    print(f"- target >= 12x less CPU per record than naive (issue 12): {verdict(less >= 12, f'{less:.1f}x')}")
+    print(f"- target >= 100,000 records per CPU-second (issue 12): {verdict(per_cpu >= 100_000, f'{per_cpu:,.0f}')}")
+    rss = o["peak_rss_mb"]
+    print(f"- target peak RSS <= 150 MB catching up, default config (issue 12): {verdict(rss <= 150, f'{rss:.0f} MB')}")
 
 
 def print_api(r: dict[str, Any]) -> None:
