@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gc_helpers import httpx_garbage_after
 from pydantic import BaseModel
 
 from collector_plugin.auth import AkSkAuth
@@ -192,11 +193,9 @@ async def test_error_message_fields_tolerated() -> None:
 
 
 async def test_an_api_answer_leaves_no_reference_cycle_holding_it() -> None:
-    from tests.test_export import httpx_garbage_after
-
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"content": "x" * 100_000, "full_size": 100_000})
 
     async with ModelArtsClient.connect("http://api.test", "p", transport=httpx.MockTransport(handler)) as c:
         await c.request_json("GET", "/x", endpoint="/x")
-        assert await httpx_garbage_after(lambda: c.request_json("GET", "/x", endpoint="/x"))() == []
+        assert await httpx_garbage_after(lambda: c.request_json("GET", "/x", endpoint="/x")) == []

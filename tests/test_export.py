@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import gzip
 import logging
 import random
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gc_helpers import httpx_garbage_after
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -878,28 +878,9 @@ def test_batches_cover_the_queue_in_order_within_count_and_bytes(
         assert count == max_records or payload + sizes_in_order[first] + header + REQUEST_OVERHEAD > max_bytes
 
 
-def httpx_garbage_after(run: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[list[str]]]:
-    """The httpx requests and responses that only the cyclic GC could free after ``run``."""
-
-    async def check() -> list[str]:
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            await run()
-            gc.collect()
-            return [type(o).__name__ for o in gc.garbage if isinstance(o, (httpx.Request, httpx.Response))]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-
-    return check
-
-
 async def test_an_export_leaves_no_reference_cycle_holding_its_payload() -> None:
     # httpx's read response and its stream point at each other: left alone, every sent payload
     # (MBs while catching up) waits for the cyclic GC instead of going when the send returns
     transport = http_transport(lambda request: httpx.Response(200), compression="none")
     await transport.send(b"warm up", 1)
-    assert await httpx_garbage_after(lambda: transport.send(b"x" * 100_000, 1))() == []
+    assert await httpx_garbage_after(lambda: transport.send(b"x" * 100_000, 1)) == []
