@@ -65,11 +65,19 @@ def test_simulate_prints_what_a_user_needs(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
-def test_demo_prints_records_and_stops_by_itself() -> None:
+@pytest.fixture(scope="module")
+def demo_run() -> tuple[subprocess.CompletedProcess[str], float]:
+    """One ``demo --duration 6`` for the tests that read its output (it only reads, never changes
+    anything): what it printed and how long it ran."""
     started = time.monotonic()
     proc = subprocess.run([*CLI, "demo", "--duration", "6"], capture_output=True, text=True, timeout=90)
+    return proc, time.monotonic() - started
+
+
+def test_demo_prints_records_and_stops_by_itself(demo_run: tuple[subprocess.CompletedProcess[str], float]) -> None:
+    proc, elapsed = demo_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert time.monotonic() - started < 60
+    assert elapsed < 60
     out = proc.stdout.splitlines()
     assert len(out) > 20
     assert any("modelarts.training_job.event" in line for line in out)
@@ -201,8 +209,8 @@ def test_demo_into_a_closed_pipe_stops_its_receiver_and_says_so() -> None:
     assert "not printed after the output closed" in summary
 
 
-def test_demo_ends_with_a_summary_by_source() -> None:
-    proc = subprocess.run([*CLI, "demo", "--duration", "4"], capture_output=True, text=True, timeout=90)
+def test_demo_ends_with_a_summary_by_source(demo_run: tuple[subprocess.CompletedProcess[str], float]) -> None:
+    proc, _ = demo_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = proc.stderr.splitlines()[-1]
     match = re.fullmatch(r"demo: (\d+) records read \((.*)\); (\d+) delivered, 0 unsent; (\d+) API calls", summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from collector_plugin.config import parse_config
 from collector_plugin.plugins import load_sources
-from collector_plugin.receiver import build_receiver
+from collector_plugin.receiver import Receiver, build_receiver
 from collector_plugin.simulator import Scenario, Simulator, Update
 
 try:
@@ -134,7 +135,26 @@ async def wait_for(collector: RotelCollector, n: int, timeout: float) -> list[di
         records = await asyncio.to_thread(collector.records)
         if len(records) >= n or time.monotonic() > deadline:
             return records
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.05)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``predicate``; the timeout is a guard against a hang, never expected to be reached."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def export_failures(receiver: Receiver) -> float:
+    return sum(
+        s.value for m in receiver.metrics.export_failures.collect() for s in m.samples if s.name.endswith("_total")
+    )
+
+
+def update_results(records: list[dict[str, Any]]) -> set[str]:
+    return {r["attributes"]["modelarts.service.update.result"] for r in by_kind(records)["updates"]}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -149,17 +169,22 @@ async def test_everything_served_arrives_once_in_order(tmp_path: Path, protocol:
             receiver = build_receiver(config, load_sources(), environ={}, telemetry=False, jitter=False)
             stop = asyncio.Event()
             run = asyncio.create_task(receiver.run(stop))
-            # Take the collector down early, keep it down, bring it back: nothing may be lost.
-            await asyncio.sleep(0.5)
+            # Take the collector down mid-run, keep it down while there is news to send, bring it
+            # back: nothing may be lost. Each step waits on a condition, not on a clock: the
+            # update's RUNNING state delivered (so the run is under way), then, with the collector
+            # gone, the update finished and an export of its news refused.
+            await until(lambda: "RUNNING" in update_results(collector.records()), "the update's RUNNING state")
             await asyncio.to_thread(collector.stop)
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(collector.start)
-            await asyncio.sleep(1.0)
+            refused = export_failures(receiver)
             update.finish("SUCCESS")
+            await until(lambda: export_failures(receiver) > refused, "an export refused while the collector is down")
+            await asyncio.to_thread(collector.start)
             records = await wait_for(collector, total(expected), timeout=60)
-            await asyncio.sleep(1.0)  # anything extra would show up now
             stop.set()
             assert await asyncio.wait_for(run, 30) is True
+            # The receiver has flushed and exited: nothing more can come. rotel prints what it
+            # acknowledged before it exits, so a record sent twice would show up now.
+            await asyncio.to_thread(collector.stop)
             records = await asyncio.to_thread(collector.records)
     finally:
         collector.stop()

@@ -337,7 +337,8 @@ def write_cli_config(tmp: Path, sim: Simulator, endpoint: str, **exporter: Any) 
         },
         "sources": {
             "training_task_logs": {
-                "poll_interval": "100ms",
+                # 50 ms: the full-disk test waits for two reads after each of its 30 appends.
+                "poll_interval": "50ms",
                 "max_poll_interval": "400ms",
                 "start_at": "beginning",
                 "jobs": [{"id": JOB, "tasks": ["worker-0"]}],

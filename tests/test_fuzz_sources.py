@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from modelarts_helpers import modelarts_context
 
 from collector_plugin.backoff import Backoff
+from collector_plugin.budget import Budget, Tuning
 from collector_plugin.errors import ReceiverError
 from collector_plugin.records import Record
 from collector_plugin.source import SourceContext
@@ -80,7 +81,7 @@ statuses = st.sampled_from([200, 200, 200, 201, 204, 400, 404, 429, 500, 503])
 
 
 def make_client(handler: Handler) -> ModelArtsClient:
-    return ModelArtsClient.connect(
+    client = ModelArtsClient.connect(
         "https://modelarts.fuzz.example",
         PROJECT,
         transport=httpx.MockTransport(handler),
@@ -88,6 +89,10 @@ def make_client(handler: Handler) -> ModelArtsClient:
         rate_limit=1e6,
         burst=1_000_000,
     )
+    # A 429 is flow control: the budget pauses (up to a second per refusal in a row) and resends
+    # before the poll gives up. Same path, millisecond pauses: a fuzzed 429 costs ~8 s otherwise.
+    client.api.budget = Budget(1e6, 1_000_000, metrics=client.api.metrics, tuning=Tuning(max_pause=0.001))
+    return client
 
 
 @dataclass

@@ -19,10 +19,12 @@ import pluggy
 import pytest
 
 from collector_plugin import cli
+from collector_plugin.backoff import Backoff
 from collector_plugin.cli import main
 from collector_plugin.config import parse_config
 from collector_plugin.errors import ConfigError, PluginError
 from collector_plugin.hookspecs import hookimpl
+from collector_plugin.http import HttpClients
 from collector_plugin.plugins import (
     BLOCK_ENV,
     DEFAULT_PLUGINS,
@@ -33,6 +35,7 @@ from collector_plugin.plugins import (
     load_sources,
 )
 from collector_plugin.source import Command, CommandContext, Source, SourceConfig, SourceContext
+from collector_plugin.telemetry import Metrics
 from collector_plugin.testing import source_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +126,11 @@ def test_installed_plugin_reader_yields_spans_and_resumes(installed_example: Non
 
     async def run() -> list[Any]:
         context = source_context("hello_probe", clock_ns=lambda: 42, transport=httpx.MockTransport(answer))
+        # The context's own client factory, with millisecond retry pauses instead of the default
+        # 0.5 s doubling (six tries of the 503 cost ~8 s); the retries themselves are the same.
+        context.http_client = HttpClients(
+            Metrics(), transport=httpx.MockTransport(answer), retry=Backoff(initial=0.001, maximum=0.005)
+        )
         config = cls.config_model.model_validate({"urls": ["http://127.0.0.1:9/up", "http://127.0.0.1:9/down"]})
         source = cls(config, context)
         targets = await source.targets()

@@ -102,6 +102,9 @@ class Group:
                 "endpoint": self.sim.url,
                 "project_id": self.sim.project_id,
                 "auth": {"ak": self.sim.ak, "sk": self.sim.sk},
+                # The default 20 calls/s is split among the replicas (6.7 each with three): the
+                # leader's discovery rounds and the catch-up after a takeover would queue for it.
+                "rate_limit": {"requests_per_second": 200, "burst": 200},
             },
             "sources": {
                 "training_task_logs": {

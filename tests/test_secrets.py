@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,12 @@ async def test_no_secret_in_logs_or_exported_records(tmp_path: Path, kind: str, 
     assert "DB_PASSWORD" in repr(configs) and "[REDACTED]" in repr(configs)
 
 
+def _collect(stream: Any, into: list[bytes]) -> None:
+    """In a thread: a child's pipe, chunk by chunk, until the child closes it."""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        into.append(chunk)
+
+
 def test_cli_stderr_holds_no_secret(tmp_path: Path) -> None:
     """The real process, debug level, credentials from the SDK's variables, collector down."""
     sc = scenario()
@@ -266,14 +273,28 @@ def test_cli_stderr_holds_no_secret(tmp_path: Path) -> None:
             env=env,
             start_new_session=True,
         )
+        # Both pipes are read as they come (a full pipe would stall the child), so the test can
+        # wait on what the process logged.
+        outputs: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        readers = [
+            threading.Thread(target=_collect, args=(stream, outputs[name]), daemon=True)
+            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for reader in readers:
+            reader.start()
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 30  # a guard only: each step below is a condition
             while time.monotonic() < deadline and (len(recorder.urls) < 2 or sim.faults.pending):
-                time.sleep(0.2)
-            time.sleep(1.0)
+                time.sleep(0.05)
+            # Then until a failing export was logged (the collector is down), not a fixed second.
+            while time.monotonic() < deadline and b"records failed" not in b"".join(outputs["stderr"]):
+                time.sleep(0.05)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
+            for reader in readers:
+                reader.join(30)
+        out, err = b"".join(outputs["stdout"]), b"".join(outputs["stderr"])
     assert recorder.urls, "the backlog was not read through signed OBS links"
     assert b"export" in err.lower(), "the failing export was not logged"
     leaks = find_leaks([SK, SECURITY_TOKEN, *recorder.secrets(), *env_values(sc)], {"stderr": err, "stdout": out})
