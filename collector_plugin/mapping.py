@@ -130,6 +130,19 @@ class LineMapper:
         self._uid_prefix = "\x1f".join((scope, source, target, "")).encode("utf-8", "surrogatepass")
         self._fields: LineFields | None = None  # made on first use: most mappers never encode lines
 
+    @property
+    def continued_severity(self) -> tuple[int, str]:
+        """The severity a ``continued`` record inherits next: that of the last line that began one.
+
+        A reader keeps it in its cursor where a record is continued, and sets it again when it
+        resumes there, so a replayed piece carries the severity its first copy did.
+        """
+        return self._last_severity
+
+    @continued_severity.setter
+    def continued_severity(self, value: tuple[int, str]) -> None:
+        self._last_severity = value
+
     def lines(self, lines: Sequence[Line], steps: Sequence[tuple[int, int]]) -> LineRecords:
         """The records of ``lines`` (in log order), observed at the times ``steps`` gives their
         offsets (change points, see ``LogTimes.steps``): those :meth:`record` would build."""

@@ -155,3 +155,51 @@ def test_an_unreachable_store_fails_the_read_instead_of_stamping_from_memory() -
     full = ReadJournal(Down(CheckpointError("disk full"))).open("k")
     full.stamp(0, 10, 1_000)
     assert full.at(5, 0) == 1_000
+
+
+async def test_a_flushed_line_resumed_from_its_cursor_keeps_the_severity_of_its_start(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # "[ERROR] disk" is flushed as a partial record and committed; the rest of the line, read
+    # after a crash from that cursor, must carry the same severity as its first copy did
+    log = sim.scenario.add_job("job-3", tasks=("worker-0",)).task("worker-0")
+    log.append(b"[INFO] step 1\n[ERROR] disk")
+    store = CheckpointStore.open(str(tmp_path / "c.db"))
+    clock = FakeClock()
+    async with client_for(sim) as client:
+        cfg = TaskLogsConfig(start_at="beginning", flush_after=1.0, jobs=[{"id": "job-3", "tasks": ["worker-0"]}])
+
+        def source() -> TaskLogsSource:
+            return TaskLogsSource(cfg, modelarts_context(client, clock_ns=clock, journal=ReadJournal(store)))
+
+        first = Harness(source(), (await source().targets())[0])
+        await first.poll()
+        clock.advance(5)
+        await first.poll()  # the partial line is flushed
+        committed = first.spans[-1].cursor
+        assert [r.body for r in first.records] == ["[INFO] step 1", "[ERROR] disk"]
+        log.append(b" full\n")
+        await first.poll()
+        again = Harness(source(), first.target)
+        again.reader = again.source.open(again.target, committed)
+        await again.poll()
+    store.close()
+    assert [r.body for r in first.records][-1] == " full"
+    assert [fields(r) for r in again.records] == [fields(r) for r in first.records[-1:]]
+    assert again.records[0].severity_text == "ERROR"
+
+
+def test_a_log_cursor_keeps_the_inherited_severity_only_where_a_record_is_continued() -> None:
+    from collector_plugin.api import BadCursor, CursorCodec
+    from collector_plugin.sources.modelarts.log_reader import LogCursor
+
+    codec = CursorCodec("training_task_logs")
+    kept = LogCursor(26, True, 0, b"", None, (17, "ERROR"))
+    assert LogCursor.loads(kept.dumps(codec), codec).severity == (17, "ERROR")
+    assert LogCursor.loads(LogCursor(26, False, 0, b"", None, (17, "ERROR")).dumps(codec), codec).severity is None
+    assert LogCursor.loads(LogCursor(26, True).dumps(codec), codec).severity is None  # older cursors: none
+    for bad in ('"ERROR"', "[17]", '["17", "ERROR"]', "[17, 5]"):
+        text = kept.dumps(codec).replace('[17,"ERROR"]', bad)
+        assert text != kept.dumps(codec)
+        with pytest.raises(BadCursor):
+            LogCursor.loads(text, codec)

@@ -7,7 +7,8 @@ there carry on a record already emitted (after a flush), and ``epoch`` counts th
 restarted shorter, so the lines of a restarted log get uids distinct from the old ones at the
 same offsets. ``seen`` (``[bytes_read, records, gaps, restarts, read_from]``) carries what
 :class:`DrainCounts` counted up to the cursor, so a drain replayed after a crash reports the
-same counts.
+same counts. ``severity`` (``[number, text]``, where ``continued``) is what the continued record
+inherits from the line's start, so its replay carries the severity its first copy did.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class LogCursor:
     epoch: int = 0
     before: bytes = b""
     seen: list[int] | None = None
+    severity: tuple[int, str] | None = None  # what a continued record here inherits
 
     def dumps(self, codec: CursorCodec) -> str:
         data: dict[str, object] = {"offset": self.offset, "continued": self.continued, "epoch": self.epoch}
+        if self.continued and self.severity is not None and self.severity[0]:
+            data["severity"] = [self.severity[0], self.severity[1]]
         if self.before:
             data["before"] = self.before.hex()
         if self.seen is not None:
@@ -91,9 +95,16 @@ class LogCursor:
             before = bytes.fromhex(str(data.get("before", "")))[-FINGERPRINT_BYTES:]
             seen = data.get("seen")
             DrainCounts.load(seen, offset)
-            return cls(offset, bool(data.get("continued", False)), int(data.get("epoch", 0)), before, seen)
+            severity = data.get("severity")
+            if severity is not None:
+                number, text = severity
+                if type(number) is not int or not isinstance(text, str):
+                    raise ValueError("severity")
+                severity = (number, text)
+            continued = bool(data.get("continued", False))
+            return cls(offset, continued, int(data.get("epoch", 0)), before, seen, severity)
         except (ValueError, TypeError):
-            raise codec.fail("before/epoch/seen") from None
+            raise codec.fail("before/epoch/seen/severity") from None
 
 
 class ByteLogReader:
@@ -142,7 +153,7 @@ class ByteLogReader:
 
     def _mapper(self) -> LineMapper:
         target = self.key if self.epoch == 0 else f"{self.key}#{self.epoch}"
-        return LineMapper(
+        mapper = LineMapper(
             scope=self.client.project_id,
             source=self.source,
             target=target,
@@ -150,6 +161,10 @@ class ByteLogReader:
             resource=self.resource,
             prefix=LOG_ATTRIBUTE_PREFIX,
         )
+        resume = self.resume
+        if resume is not None and resume.epoch == self.epoch and resume.severity is not None:
+            mapper.continued_severity = resume.severity  # a replay's continued record: as its first copy
+        return mapper
 
     def start(self, offset: int, continued: bool = False) -> LineAssembler:
         if self.counts is None:
@@ -186,7 +201,9 @@ class ByteLogReader:
         held = asm.end_offset - asm.pending_offset  # read, but not yet emitted as a line
         before = self.recent[: len(self.recent) - held] if held < len(self.recent) else b""
         seen = self.counts.dump(held) if self.counts is not None else None
-        return LogCursor(asm.pending_offset, asm.pending_continued, self.epoch, before, seen).dumps(self.codec)
+        continued = asm.pending_continued
+        severity = self.mapper.continued_severity if continued else None
+        return LogCursor(asm.pending_offset, continued, self.epoch, before, seen, severity).dumps(self.codec)
 
     def spans(self, data: bytes, offset: int) -> Iterator[Span]:
         """Feed ``data`` (at byte ``offset``): its records, a span per at most
