@@ -322,9 +322,12 @@ class LineRecords(RecordRun):
     def __len__(self) -> int:
         return len(self._lines)
 
+    def _step(self, offset: int) -> int:
+        """The index of the read-time change point that covers ``offset``."""
+        return max(0, bisect.bisect_right(self._steps, (offset, _NO_STEP)) - 1)
+
     def _time(self, offset: int) -> int:
-        steps = self._steps
-        return steps[max(0, bisect.bisect_right(steps, (offset, _NO_STEP)) - 1)][1]
+        return self._steps[self._step(offset)][1]
 
     def _severity(self, index: int) -> tuple[int, str]:
         lines = self._lines
@@ -358,16 +361,7 @@ class LineRecords(RecordRun):
             yield self._record(line, severity)
 
     def framed(self) -> list[bytes]:
-        from collector_plugin.otlp import (
-            FRAME_HEADER,
-            VARINT_LOW14,
-            VARINT_TABLE,
-            body_prefix,
-            frame_header,
-            observed_field,
-            severity_fields,
-            varint,
-        )
+        from collector_plugin.otlp import body_prefix, frame_header, observed_field, severity_fields, varint
 
         if not _TOKEN_FIELDS:
             _TOKEN_FIELDS.update({token: severity_fields(number, token) for token, number in _LINE_LEVELS.items()})
@@ -381,20 +375,17 @@ class LineRecords(RecordRun):
             fields.UID_32,
         )
         fixed = len(shared) + len(uid_header) + 32
-        frame, frames = FRAME_HEADER, len(FRAME_HEADER)
-        varint_table, varint_low14 = VARINT_TABLE, VARINT_LOW14
         uid_base = hashlib.blake2b(mapper._uid_prefix, digest_size=16)  # copied per line: the prefix is hashed once
         search, word, token_fields, unset = _LEVEL_TOKEN.search, _WORD_CHARS, _TOKEN_FIELDS, b""
         steps = self._steps
-        step = 0
-        low, nxt = steps[0][0], steps[1][0] if len(steps) > 1 else _NO_STEP
-        observed = observed_field(steps[0][1])
+        low = nxt = 0  # the positions the current read time covers: none before the first line
+        observed = b""
         severity = severity_fields(*self._before)
         out: list[bytes] = []
         append = out.append
         for text, offset, continued, partial, progress, _start, _end in self._lines:
-            if not low <= offset < nxt:  # a new read time (lines come in offset order: rarely a search)
-                step = max(0, bisect.bisect_right(steps, (offset, _NO_STEP)) - 1)
+            if not low <= offset < nxt:  # another read time (lines come in offset order: rarely a search)
+                step = self._step(offset)
                 low, nxt = steps[step][0], steps[step + 1][0] if step + 1 < len(steps) else _NO_STEP
                 observed = observed_field(steps[step][1])
             if not continued:  # line_severity, inlined for its common outcomes
@@ -410,28 +401,22 @@ class LineRecords(RecordRun):
             body = text.encode("utf-8", "replace")
             n = len(body)
             head = body_prefix(n)
-            if offset < 16_384:
-                ob, ob_hi = varint_table[offset], b""
-            elif offset < 268_435_456:  # 256 MiB: the low 14 bits from one table, the rest from the other
-                ob, ob_hi = varint_low14[offset & 0x3FFF], varint_table[offset >> 14]
-            else:
-                ob, ob_hi = varint(offset), b""
-            at = offset_prefix[len(ob) + len(ob_hi)]
+            ob = varint(offset)
+            at = offset_prefix[len(ob)]
             flags = flag_fields[continued | partial << 1 | progress << 2]
             uid = uid_base.copy()
             uid.update(b"%d" % offset)
-            size = fixed + n + len(head) + len(severity) + len(at) + len(ob) + len(ob_hi) + len(flags) + len(observed)
+            size = fixed + n + len(head) + len(severity) + len(at) + len(ob) + len(flags) + len(observed)
             append(
                 b"".join(
                     (
-                        frame[size] if size < frames else frame_header(size),
+                        frame_header(size),
                         severity,
                         head,
                         body,
                         shared,
                         at,
                         ob,
-                        ob_hi,
                         flags,
                         uid_header,
                         hexlify(uid.digest()),

@@ -44,19 +44,19 @@ def _varint_slow(value: int) -> bytes:
     return bytes(out)
 
 
-# Lengths below 16 KiB (nearly all of them) come from a table instead of a loop.
+# Values below 16 KiB (nearly all lengths) come from a table instead of a loop; values below
+# 256 MiB (a log's offsets) from two: the low 14 bits' two bytes, then the rest.
 _VARINT_TABLE: tuple[bytes, ...] = tuple(_varint_slow(i) for i in range(1 << 14))
 _TABLE_LIMIT = len(_VARINT_TABLE)
+_VARINT_LOW14 = tuple(bytes(((k & 0x7F) | 0x80, (k >> 7) | 0x80)) for k in range(1 << 14))
 
 
 def varint(value: int) -> bytes:
     """Encode a non-negative integer as a protobuf varint."""
     if value < _TABLE_LIMIT:
         return _VARINT_TABLE[value]
-    if value < 0x200000:
-        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     if value < 0x10000000:
-        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, ((value >> 14) & 0x7F) | 0x80, value >> 21))
+        return _VARINT_LOW14[value & 0x3FFF] + _VARINT_TABLE[value >> 14]
     return _varint_slow(value)
 
 
@@ -131,7 +131,6 @@ def _resource_attributes(items: tuple[tuple[str, AttrValue], ...]) -> bytes:
 
 # --- LogRecord -----------------------------------------------------------------------------------
 
-_SEVERITY_TEXT: dict[str, bytes] = {}
 _EVENT_NAME: dict[str, bytes] = {}
 _UID_KEY_BYTES = _len_field(b"\x0a", UID_KEY.encode("utf-8", "replace"))
 _UID_FIELD_FIXED = len(_UID_KEY_BYTES) + 4  # KeyValue bytes besides the uid itself (short uids)
@@ -162,7 +161,6 @@ def _key_bytes(key: str) -> bytes:
 
 # Prefixes that depend only on a length (and a key) are computed once: the hot loop then writes
 # one cached prefix and the value's bytes.
-_BODY_PREFIX = tuple(_pack_4(0x2A, n + 2, 0x0A, n) for n in range(126))
 _UID_PREFIX = tuple(
     _pack_2(0x32, _UID_FIELD_FIXED + n) + _UID_KEY_BYTES + _pack_4(0x12, n + 2, 0x0A, n) for n in range(100)
 )
@@ -181,79 +179,6 @@ def _str_attr_prefix(key: str, n: int) -> bytes | None:
     if len(_STR_ATTR_PREFIX) < _PREFIX_CACHE_MAX:
         _STR_ATTR_PREFIX[(key, n)] = prefix
     return prefix
-
-
-def _int_attr_prefix(key: str, n: int) -> bytes | None:
-    """The same for a non-negative int attribute whose varint takes ``n`` bytes."""
-    kb = _key_bytes(key)
-    total = len(kb) + n + 3
-    if total >= 128:
-        return None
-    prefix = _pack_2(0x32, total) + kb + _pack_2(0x12, n + 1) + b"\x18"
-    if len(_INT_ATTR_PREFIX) < _PREFIX_CACHE_MAX:
-        _INT_ATTR_PREFIX[(key, n)] = prefix
-    return prefix
-
-
-def _encode_into(buf: bytearray, record: Record) -> None:
-    """Write the ``LogRecord`` fields of ``record`` into ``buf``.
-
-    The common shapes (short strings, small non-negative ints) take cached prefixes; anything else
-    takes the general path.
-    """
-    if record.time_ns:
-        buf += _pack_tag_fixed64(0x09, record.time_ns & _U64)
-    if record.severity_number:
-        buf += b"\x10" + varint(record.severity_number & _U64)
-    if record.severity_text:
-        buf += _cached_len_field(_SEVERITY_TEXT, b"\x1a", record.severity_text)
-    body = record.body
-    if type(body) is str:
-        vb = body.encode("utf-8", "replace")
-        n = len(vb)
-        if n < 126:
-            buf += _BODY_PREFIX[n]
-            buf += vb
-        else:
-            buf += _len_field(b"\x2a", _len_field(b"\x0a", vb))
-    else:
-        buf += _len_field(b"\x2a", encode_any_value(body))
-    shared = record.shared
-    if shared.items:
-        buf += shared.encoded(_log_attributes)
-    attributes = record.attributes
-    if attributes:
-        for key, value in attributes.items():
-            kind = type(value)
-            if kind is str:
-                vb = value.encode("utf-8", "replace")  # type: ignore[union-attr]
-                n = len(vb)
-                prefix = _STR_ATTR_PREFIX.get((key, n)) or _str_attr_prefix(key, n)
-                if prefix is not None:
-                    buf += prefix
-                    buf += vb
-                    continue
-            elif kind is int and 0 <= value < 0x8000000000000000:  # type: ignore[operator]
-                vb = varint(value)  # type: ignore[arg-type]
-                prefix = _INT_ATTR_PREFIX.get((key, len(vb))) or _int_attr_prefix(key, len(vb))
-                if prefix is not None:
-                    buf += prefix
-                    buf += vb
-                    continue
-            elif value is None:
-                continue
-            buf += _len_field(b"\x32", encode_key_value(key, value))
-    ub = record.uid.encode("utf-8", "replace")
-    n = len(ub)
-    if n < 100:
-        buf += _UID_PREFIX[n]
-        buf += ub
-    else:
-        buf += _len_field(b"\x32", _UID_KEY_BYTES + _len_field(b"\x12", _len_field(b"\x0a", ub)))
-    if record.observed_ns:
-        buf += _pack_tag_fixed64(0x59, record.observed_ns & _U64)
-    if record.event_name:
-        buf += _cached_len_field(_EVENT_NAME, b"\x62", record.event_name)
 
 
 class LineFields:
@@ -280,8 +205,13 @@ class LineFields:
 
 def int_attribute_prefix(key: str, n: int) -> bytes:
     """Field 6, ``KeyValue.key`` and the ``AnyValue`` header of a non-negative int whose varint is ``n`` bytes."""
-    kb = _key_bytes(key)
-    return b"\x32" + varint(len(kb) + n + 3) + kb + bytes((0x12, n + 1, 0x18))
+    prefix = _INT_ATTR_PREFIX.get((key, n))
+    if prefix is None:
+        kb = _key_bytes(key)
+        prefix = b"\x32" + varint(len(kb) + n + 3) + kb + bytes((0x12, n + 1, 0x18))
+        if len(_INT_ATTR_PREFIX) < _PREFIX_CACHE_MAX:
+            _INT_ATTR_PREFIX[(key, n)] = prefix
+    return prefix
 
 
 _SEVERITY_FIELDS: dict[tuple[int, str], bytes] = {}
@@ -318,15 +248,61 @@ def observed_field(time_ns: int) -> bytes:
     return _pack_tag_fixed64(0x59, time_ns & _U64) if time_ns else b""
 
 
-VARINT_TABLE = _VARINT_TABLE
-# The first two bytes of the varint of any value >= 2**14, by its low 14 bits (continuation set).
-VARINT_LOW14 = tuple(bytes(((k & 0x7F) | 0x80, (k >> 7) | 0x80)) for k in range(1 << 14))
-FRAME_HEADER = tuple(b"\x12" + _VARINT_TABLE[n] for n in range(_TABLE_LIMIT))
-
-
 def frame_header(n: int) -> bytes:
     """The ``ScopeLogs.log_records`` field header of an ``n``-byte record."""
-    return b"\x12" + (_VARINT_TABLE[n] if n < _TABLE_LIMIT else _varint_slow(n))
+    return b"\x12" + varint(n)
+
+
+def _encode_into(buf: bytearray, record: Record) -> None:
+    """Write the ``LogRecord`` fields of ``record`` into ``buf``.
+
+    The common shapes (short strings, small non-negative ints) take cached prefixes; anything else
+    takes the general path.
+    """
+    if record.time_ns:
+        buf += _pack_tag_fixed64(0x09, record.time_ns & _U64)
+    if record.severity_number or record.severity_text:
+        buf += severity_fields(record.severity_number, record.severity_text)
+    body = record.body
+    if type(body) is str:
+        vb = body.encode("utf-8", "replace")
+        buf += body_prefix(len(vb))
+        buf += vb
+    else:
+        buf += _len_field(b"\x2a", encode_any_value(body))
+    shared = record.shared
+    if shared.items:
+        buf += shared.encoded(_log_attributes)
+    attributes = record.attributes
+    if attributes:
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str:
+                vb = value.encode("utf-8", "replace")  # type: ignore[union-attr]
+                n = len(vb)
+                prefix = _STR_ATTR_PREFIX.get((key, n)) or _str_attr_prefix(key, n)
+                if prefix is not None:
+                    buf += prefix
+                    buf += vb
+                    continue
+            elif kind is int and 0 <= value < 0x8000000000000000:  # type: ignore[operator]
+                vb = varint(value)  # type: ignore[arg-type]
+                buf += _INT_ATTR_PREFIX.get((key, len(vb))) or int_attribute_prefix(key, len(vb))
+                buf += vb
+                continue
+            elif value is None:
+                continue
+            buf += _len_field(b"\x32", encode_key_value(key, value))
+    ub = record.uid.encode("utf-8", "replace")
+    n = len(ub)
+    if n < 100:
+        buf += _UID_PREFIX[n]
+        buf += ub
+    else:
+        buf += _len_field(b"\x32", _UID_KEY_BYTES + _len_field(b"\x12", _len_field(b"\x0a", ub)))
+    buf += observed_field(record.observed_ns)
+    if record.event_name:
+        buf += _cached_len_field(_EVENT_NAME, b"\x62", record.event_name)
 
 
 def encode_log_record(record: Record) -> bytes:
@@ -340,8 +316,7 @@ def encode_framed_log_record(record: Record) -> bytes:
     """:func:`encode_log_record` already framed as a ``ScopeLogs.log_records`` field (one copy less)."""
     buf = bytearray()
     _encode_into(buf, record)
-    n = len(buf)
-    return (b"\x12" + (_VARINT_TABLE[n] if n < _TABLE_LIMIT else _varint_slow(n))) + buf
+    return frame_header(len(buf)) + buf
 
 
 def uid_of_framed(framed: bytes) -> str:
