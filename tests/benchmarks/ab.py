@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from run import PY, ROOT, Helpers, Monitor, base_config, cpus, get_json, pin, stop, wait_sink
-
-HERE = Path(__file__).resolve().parent
+from run import HERE, ROOT, Helpers, cpus, get_json, start_receiver, stop, throughput_config, wait_sink
 
 
 def one(rev: str, tree: Path, workdir: Path, tasks: int, mb: float) -> dict[str, Any]:
@@ -30,39 +26,21 @@ def one(rev: str, tree: Path, workdir: Path, tasks: int, mb: float) -> dict[str,
     try:
         sim = helpers.start([str(HERE / "sim_server.py"), "throughput", "--tasks", str(tasks), "--mb", str(mb)], "sim")
         sink = helpers.start([str(HERE / "sink.py")], "sink")
-        config = base_config(sim, sink["port"], workdir, f"ab-{rev}")
-        config["sources"]["training_task_logs"] = {
-            "poll_interval": "1s",
-            "start_at": "beginning",
-            "jobs": [{"id": job, "tasks": names} for job, names in sim["jobs"].items()],
-        }
+        config = throughput_config(sim, sink["port"], workdir, f"ab-{rev}")
         get_json(f"http://127.0.0.1:{sim['control']}/reset", "POST")
-        path = workdir / f"ab-{rev}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        started = time.time_ns()
-        with open(workdir / f"ab-{rev}.log", "ab") as out:
-            proc = subprocess.Popen(
-                [PY, "-m", "collector_plugin.cli", "run", "--config", str(path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=tree,
-            )
-        pin(proc.pid, cpus()[0])
-        monitor = Monitor(proc.pid)
-        monitor.start()
+        rx = start_receiver(config, workdir, f"ab-{rev}", cpus()[0], cwd=tree)
         try:
             stats = wait_sink(sink["port"], sim["lines"], timeout=300)
-            cpu = monitor.sample()
+            cpu = rx.monitor.sample()
         finally:
-            stop(proc)
-            monitor.done.set()
-        seconds = (stats["last_ns"] - started) / 1e9
+            stop(rx.proc)
+            rx.monitor.done.set()
+        seconds = (stats["last_ns"] - rx.started_ns) / 1e9
         return {
             "records_per_s": stats["unique"] / seconds,
             "us_per_record": cpu / max(1, stats["unique"]) * 1e6,
             "records_per_cpu_s": stats["unique"] / cpu if cpu else 0.0,
-            "peak_rss_mb": monitor.peak_rss / 1e6,
+            "peak_rss_mb": rx.monitor.peak_rss / 1e6,
             "lost": sim["lines"] - stats["unique"],
         }
     finally:

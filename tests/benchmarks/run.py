@@ -148,7 +148,8 @@ class Receiver:
     log: Path
 
 
-def start_receiver(config: dict[str, Any], workdir: Path, name: str, cores: list[int]) -> Receiver:
+def start_receiver(config: dict[str, Any], workdir: Path, name: str, cores: list[int], cwd: Path = ROOT) -> Receiver:
+    """The receiver CLI with ``config``; ``cwd``: the tree whose package it imports (``ab.py``)."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     log = workdir / f"{name}.log"
@@ -159,7 +160,7 @@ def start_receiver(config: dict[str, Any], workdir: Path, name: str, cores: list
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=ROOT,
+            cwd=cwd,
         )
     pin(proc.pid, cores)
     monitor = Monitor(proc.pid)
@@ -226,6 +227,17 @@ class Helpers:
 # --- 1. throughput ------------------------------------------------------------------------------
 
 
+def throughput_config(sim: dict[str, Any], sink_port: int, workdir: Path, name: str) -> dict[str, Any]:
+    """The catch-up scenario's receiver config: every task log of ``sim`` from the beginning."""
+    config = base_config(sim, sink_port, workdir, name)
+    config["sources"]["training_task_logs"] = {
+        "poll_interval": "1s",
+        "start_at": "beginning",
+        "jobs": [{"id": job, "tasks": names} for job, names in sim["jobs"].items()],
+    }
+    return config
+
+
 def bench_throughput(workdir: Path, quick: bool) -> dict[str, Any]:
     tasks, mb = (4, 3.0) if quick else (8, 12.0)
     helpers = Helpers(workdir)
@@ -235,12 +247,7 @@ def bench_throughput(workdir: Path, quick: bool) -> dict[str, Any]:
         )
         sink = helpers.start([str(HERE / "sink.py")], "sink-tp")
         control = f"http://127.0.0.1:{sim['control']}"
-        config = base_config(sim, sink["port"], workdir, "throughput")
-        config["sources"]["training_task_logs"] = {
-            "poll_interval": "1s",
-            "start_at": "beginning",
-            "jobs": [{"id": job, "tasks": names} for job, names in sim["jobs"].items()],
-        }
+        config = throughput_config(sim, sink["port"], workdir, "throughput")
         get_json(control + "/reset", "POST")
         rx = start_receiver(config, workdir, "throughput", cpus()[0])
         stats = wait_sink(sink["port"], sim["lines"], timeout=300)
